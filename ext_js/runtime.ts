@@ -1,0 +1,205 @@
+// kiln_runtime glue: installs the web globals from deno_web and the public
+// `Deno` namespace. Runs at bake time, so everything here lands in the
+// snapshot heap; what depends on arguments or environment runs in
+// `bootstrap()`, which the runtime calls once after thawing.
+
+import { core, primordials } from "ext:core/mod.js";
+import {
+  op_kiln_args,
+  op_kiln_exit,
+  op_kiln_no_color,
+  op_kiln_versions,
+} from "ext:core/ops";
+
+const {
+  ObjectDefineProperties,
+  ObjectDefineProperty,
+  ObjectFreeze,
+  SymbolFor,
+} = primordials;
+
+type Exports = Record<string, unknown>;
+
+function load(specifier: string): Exports {
+  return core.loadExtScript(specifier) as Exports;
+}
+
+// Every deno_web script is lazily loaded; loading them here evaluates them
+// into the snapshot so nothing is read at run time.
+const webidl = load("ext:deno_webidl/00_webidl.js");
+const url = load("ext:deno_web/00_url.js");
+const urlPattern = load("ext:deno_web/01_urlpattern.js");
+const consoleMod = load("ext:deno_web/01_console.js");
+const domException = load("ext:deno_web/01_dom_exception.js");
+const event = load("ext:deno_web/02_event.js");
+const structuredCloneMod = load("ext:deno_web/02_structured_clone.js");
+const timers = load("ext:deno_web/02_timers.js");
+const abortSignal = load("ext:deno_web/03_abort_signal.js");
+const base64 = load("ext:deno_web/05_base64.js");
+const streams = load("ext:deno_web/06_streams.js");
+const encoding = load("ext:deno_web/08_text_encoding.js");
+const file = load("ext:deno_web/09_file.js");
+const fileReader = load("ext:deno_web/10_filereader.js");
+const messagePort = load("ext:deno_web/13_message_port.js");
+const compression = load("ext:deno_web/14_compression.js");
+const performance = load("ext:deno_web/15_performance.js");
+load("ext:deno_web/01_mimesniff.js");
+load("ext:deno_web/00_infra.js");
+
+function writable(value: unknown): PropertyDescriptor {
+  return { value, writable: true, enumerable: false, configurable: true };
+}
+
+function readOnly(value: unknown): PropertyDescriptor {
+  return { value, writable: false, enumerable: true, configurable: true };
+}
+
+const console = new (consoleMod.Console as new (
+  print: (msg: string, level: number) => void,
+) => unknown)((msg: string, level: number) => core.print(msg, level > 1));
+
+ObjectDefineProperties(globalThis, {
+  // console
+  console: writable(console),
+  // timers
+  setTimeout: writable(timers.setTimeout),
+  clearTimeout: writable(timers.clearTimeout),
+  setInterval: writable(timers.setInterval),
+  clearInterval: writable(timers.clearInterval),
+  queueMicrotask: writable(core.queueUserMicrotask ?? queueMicrotask),
+  // URL
+  URL: writable(url.URL),
+  URLSearchParams: writable(url.URLSearchParams),
+  URLPattern: writable(urlPattern.URLPattern),
+  // encoding
+  TextEncoder: writable(encoding.TextEncoder),
+  TextDecoder: writable(encoding.TextDecoder),
+  TextEncoderStream: writable(encoding.TextEncoderStream),
+  TextDecoderStream: writable(encoding.TextDecoderStream),
+  atob: writable(base64.atob),
+  btoa: writable(base64.btoa),
+  // events
+  DOMException: writable(domException.DOMException),
+  Event: writable(event.Event),
+  EventTarget: writable(event.EventTarget),
+  CustomEvent: writable(event.CustomEvent),
+  ErrorEvent: writable(event.ErrorEvent),
+  CloseEvent: writable(event.CloseEvent),
+  MessageEvent: writable(event.MessageEvent),
+  ProgressEvent: writable(event.ProgressEvent),
+  PromiseRejectionEvent: writable(event.PromiseRejectionEvent),
+  reportError: writable(event.reportError),
+  AbortController: writable(abortSignal.AbortController),
+  AbortSignal: writable(abortSignal.AbortSignal),
+  // streams
+  ReadableStream: writable(streams.ReadableStream),
+  ReadableStreamDefaultReader: writable(streams.ReadableStreamDefaultReader),
+  ReadableStreamBYOBReader: writable(streams.ReadableStreamBYOBReader),
+  ReadableStreamBYOBRequest: writable(streams.ReadableStreamBYOBRequest),
+  ReadableByteStreamController: writable(streams.ReadableByteStreamController),
+  ReadableStreamDefaultController: writable(
+    streams.ReadableStreamDefaultController,
+  ),
+  WritableStream: writable(streams.WritableStream),
+  WritableStreamDefaultWriter: writable(streams.WritableStreamDefaultWriter),
+  WritableStreamDefaultController: writable(
+    streams.WritableStreamDefaultController,
+  ),
+  TransformStream: writable(streams.TransformStream),
+  TransformStreamDefaultController: writable(
+    streams.TransformStreamDefaultController,
+  ),
+  ByteLengthQueuingStrategy: writable(streams.ByteLengthQueuingStrategy),
+  CountQueuingStrategy: writable(streams.CountQueuingStrategy),
+  CompressionStream: writable(compression.CompressionStream),
+  DecompressionStream: writable(compression.DecompressionStream),
+  // structured data
+  structuredClone: writable(structuredCloneMod.structuredClone),
+  MessageChannel: writable(messagePort.MessageChannel),
+  MessagePort: writable(messagePort.MessagePort),
+  Blob: writable(file.Blob),
+  File: writable(file.File),
+  FileReader: writable(fileReader.FileReader),
+  // performance
+  Performance: writable(performance.Performance),
+  PerformanceEntry: writable(performance.PerformanceEntry),
+  PerformanceMark: writable(performance.PerformanceMark),
+  PerformanceMeasure: writable(performance.PerformanceMeasure),
+  performance: writable(performance.performance),
+});
+
+(event.saveGlobalThisReference as (g: typeof globalThis) => void)(globalThis);
+void webidl;
+
+/**
+ * Internal symbol under which test-only helpers live (`Deno[Deno.internal]`),
+ * as in Deno.
+ */
+const internalSymbol = SymbolFor("Deno.internal");
+
+/** Helpers reachable through `Deno[Deno.internal]`; extensions add to it. */
+export const internals: Record<string, unknown> = {};
+
+/**
+ * The public `Deno` namespace. Extensions add their members (e.g. `cron`)
+ * with `defineDenoMember` at bake time.
+ */
+export const denoNs: Record<string | symbol, unknown> = {};
+
+export function defineDenoMember(name: string, value: unknown): void {
+  ObjectDefineProperty(denoNs, name, readOnly(value));
+}
+
+// Versions are fixed by the build (the snapshot fingerprint guarantees the
+// runtime links the same V8), so baking them is safe.
+const [kilnVersion, v8Version] = op_kiln_versions() as [string, string];
+
+ObjectDefineProperties(denoNs, {
+  version: readOnly(ObjectFreeze({ kiln: kilnVersion, v8: v8Version })),
+  internal: readOnly(internalSymbol),
+  [internalSymbol]: { value: internals, enumerable: false, configurable: false },
+  exit: readOnly(function exit(code = 0): never {
+    op_kiln_exit(code | 0);
+    // The op terminates execution; this only runs if termination is caught.
+    throw new Error("Deno.exit: execution terminated");
+  }),
+});
+
+/**
+ * Run-time half of the set-up: called once by the runtime after the snapshot
+ * is thawed; everything that depends on this process goes here.
+ */
+function bootstrap(): void {
+  delete (globalThis as Record<string, unknown>).__kilnBootstrap;
+  // deno_core binds ops through `globalThis.Deno.core` while it thaws, so the
+  // swap to the public namespace (no `Deno.core`) happens here, not at bake.
+  ObjectDefineProperty(globalThis, "Deno", {
+    value: denoNs,
+    writable: false,
+    enumerable: false,
+    configurable: false,
+  });
+  delete (globalThis as Record<string, unknown>).__bootstrap;
+  (performance.setTimeOrigin as () => void)();
+  // Colors only on terminals, and never with NO_COLOR set.
+  const [stdoutNoColor, stderrNoColor] = op_kiln_no_color() as [
+    boolean,
+    boolean,
+  ];
+  (consoleMod.setNoColorFns as (a: () => boolean, b: () => boolean) => void)(
+    () => stdoutNoColor,
+    () => stderrNoColor,
+  );
+  ObjectDefineProperty(
+    denoNs,
+    "args",
+    readOnly(ObjectFreeze(op_kiln_args() as string[])),
+  );
+}
+
+ObjectDefineProperty(globalThis, "__kilnBootstrap", {
+  value: bootstrap,
+  writable: false,
+  enumerable: false,
+  configurable: true,
+});

@@ -1,0 +1,34 @@
+//! The one extension list.
+//!
+//! `all()` is the only place that names kiln's extensions and their order.
+//! `build.rs` bakes exactly this list and the runtime thaws with exactly this
+//! list; the snapshot fingerprint covers it, so a change here re-bakes and a
+//! stale snapshot is refused instead of crashing V8. Compiled into `build.rs`
+//! through `#[path]`: must not reach into the rest of the crate.
+
+
+
+pub mod runtime;
+
+pub use runtime::RuntimeConfig;
+
+/// Run-time options of the baked extensions. Nothing here is baked: the bake
+/// uses `Default`, the runtime passes the real values at init.
+#[derive(Clone, Debug, Default)]
+pub struct ExtensionOptions {
+  pub runtime: RuntimeConfig,
+}
+
+/// kiln's extensions, in order.
+pub fn all(options: ExtensionOptions) -> Vec<deno_core::Extension> {
+  vec![
+    deno_webidl::deno_webidl::init(),
+    deno_web::deno_web::init(
+      deno_web::BlobStore::default_arc(),
+      None,
+      false,
+      deno_web::InMemoryBroadcastChannel::default(),
+    ),
+    runtime::kiln_runtime::init(options.runtime),
+  ]
+}

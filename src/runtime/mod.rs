@@ -1,0 +1,165 @@
+//! `Runtime`: a JS runtime thawed from the baked snapshot.
+//!
+//! Creating one verifies the embedded snapshot (once per process), creates a
+//! `JsRuntime` with the same extension list the bake used, and runs the
+//! bootstrap step that applies run-time configuration. It must never evaluate
+//! extension code at start-up: that happened at bake time.
+
+mod loader;
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use deno_core::JsRuntime;
+use deno_core::ModuleSpecifier;
+use deno_core::PollEventLoopOptions;
+use deno_core::error::CoreError;
+
+pub use loader::FsModuleLoader;
+
+use crate::extensions;
+use crate::extensions::ExtensionOptions;
+use crate::extensions::runtime::ExitRequest;
+use crate::extensions::runtime::TerminationHandle;
+use crate::snapshot::container::ContainerError;
+use crate::snapshot::container::Manifest;
+use crate::snapshot::load;
+
+/// Why a runtime could not start or a program failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+  /// The embedded snapshot is unusable (truncated, corrupt, or baked for a
+  /// different extension set).
+  #[error(transparent)]
+  Snapshot(#[from] ContainerError),
+  /// deno_core refused to create the runtime.
+  #[error("cannot create the JS runtime: {0}")]
+  Init(String),
+  /// The main module does not exist.
+  #[error("module not found: {}", .0.display())]
+  ModuleNotFound(PathBuf),
+  /// A module failed to load: syntax error, missing import, unsupported
+  /// specifier. One line.
+  #[error("{0}")]
+  Load(String),
+  /// An uncaught exception, with its (source-mapped) stack.
+  #[error("{0}")]
+  Uncaught(String),
+}
+
+/// Options of a runtime; all of them are run-time configuration, never baked.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+  /// `Deno.args`.
+  pub args: Vec<String>,
+}
+
+/// A JS runtime thawed from kiln's snapshot.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kiln::Error> {
+/// let mut runtime = kiln::Runtime::new(kiln::RuntimeOptions::default())?;
+/// runtime.execute_script("console.log(1 + 1)")?;
+/// let code = runtime.run_main_module(std::path::Path::new("main.ts")).await?;
+/// # let _ = code; Ok(()) }
+/// ```
+///
+/// Must be created inside a tokio runtime context; it is not `Send`.
+pub struct Runtime {
+  js: JsRuntime,
+}
+
+/// The manifest of the extension list this binary runs with.
+pub fn expected_manifest() -> Manifest {
+  Manifest::new(load::TARGET, &extensions::all(ExtensionOptions::default()))
+}
+
+impl Runtime {
+  /// Thaws a runtime from the embedded snapshot and bootstraps it.
+  pub fn new(options: RuntimeOptions) -> Result<Self, Error> {
+    let snapshot = load::embedded(expected_manifest)?;
+    let ext_options = ExtensionOptions {
+      runtime: extensions::RuntimeConfig { args: options.args },
+    };
+    let mut js = JsRuntime::try_new(deno_core::RuntimeOptions {
+      startup_snapshot: Some(snapshot),
+      extensions: extensions::all(ext_options),
+      module_loader: Some(Rc::new(FsModuleLoader::default())),
+      residual_lazy_js_sources: load::RESIDUAL_LAZY_JS,
+      residual_lazy_esm_sources: load::RESIDUAL_LAZY_ESM,
+      ..Default::default()
+    })
+    .map_err(|e| Error::Init(e.to_string()))?;
+    let handle = js.v8_isolate().thread_safe_handle();
+    js.op_state().borrow_mut().put(TerminationHandle(handle));
+    js.execute_script("ext:kiln/bootstrap.js", "globalThis.__kilnBootstrap();")
+      .map_err(|e| Error::Init(format!("bootstrap failed: {e}")))?;
+    Ok(Runtime { js })
+  }
+
+  /// The underlying deno_core runtime, for embedders that need more.
+  pub fn js_runtime(&mut self) -> &mut JsRuntime {
+    &mut self.js
+  }
+
+  /// Runs a classic script and returns its completion value as a string
+  /// (`String(value)`).
+  pub fn execute_script(&mut self, code: &str) -> Result<String, Error> {
+    let value = self
+      .js
+      .execute_script("kiln:script", code.to_string())
+      .map_err(|e| Error::Uncaught(e.to_string()))?;
+    deno_core::scope!(scope, &mut self.js);
+    let local = deno_core::v8::Local::new(scope, value);
+    Ok(local.to_rust_string_lossy(scope))
+  }
+
+  /// Runs the event loop until no work is left.
+  pub async fn run_event_loop(&mut self) -> Result<(), Error> {
+    self
+      .js
+      .run_event_loop(PollEventLoopOptions::default())
+      .await
+      .map_err(classify)
+  }
+
+  /// Loads `path` as the main module, evaluates it and runs the event loop to
+  /// completion. Returns the exit code: 0, or what `Deno.exit(code)` asked for.
+  pub async fn run_main_module(&mut self, path: &Path) -> Result<i32, Error> {
+    let path = std::path::absolute(path).map_err(|_| Error::ModuleNotFound(path.to_path_buf()))?;
+    if !path.is_file() {
+      return Err(Error::ModuleNotFound(path));
+    }
+    let specifier =
+      ModuleSpecifier::from_file_path(&path).map_err(|_| Error::ModuleNotFound(path.clone()))?;
+    let result = self.run_module(&specifier).await;
+    match self.js.op_state().borrow().try_borrow::<ExitRequest>() {
+      Some(ExitRequest(code)) => Ok(*code),
+      None => result.map(|()| 0),
+    }
+  }
+
+  async fn run_module(&mut self, specifier: &ModuleSpecifier) -> Result<(), Error> {
+    let id = self
+      .js
+      .load_main_es_module(specifier)
+      .await
+      .map_err(classify)?;
+    let evaluation = self.js.mod_evaluate(id);
+    self
+      .js
+      .run_event_loop(PollEventLoopOptions::default())
+      .await
+      .map_err(classify)?;
+    evaluation.await.map_err(classify)
+  }
+}
+
+/// Separates exceptions thrown by user code from load failures.
+fn classify(err: CoreError) -> Error {
+  match err.as_kind() {
+    deno_core::error::CoreErrorKind::Js(js) => Error::Uncaught(js.to_string()),
+    _ => Error::Load(err.to_string()),
+  }
+}

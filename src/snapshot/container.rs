@@ -1,0 +1,340 @@
+//! The snapshot container: a fixed header that identifies what a snapshot was
+//! baked for, followed by one zstd frame holding deno_core's snapshot bytes.
+//!
+//! Shared by the bake (build side, compiled into `build.rs`) and the thaw (run
+//! side). It must never reach into the rest of the crate: `build.rs` compiles
+//! it on its own through `#[path]`.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! magic        8 bytes   b"KILNSNAP"
+//! version      u32       FORMAT_VERSION
+//! fingerprint  32 bytes  SHA-256 of the manifest
+//! raw length   u64       length of the decompressed snapshot
+//! manifest len u32       length of the manifest text that follows
+//! manifest     UTF-8     what the snapshot was baked for (see `Manifest`)
+//! payload      ...       one zstd frame (with content checksum)
+//! ```
+
+use sha2::Digest;
+use sha2::Sha256;
+
+/// Identifies a kiln snapshot container.
+pub const MAGIC: &[u8; 8] = b"KILNSNAP";
+/// Bumped whenever the container layout or the manifest text changes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The deno_core version kiln pins (`deno_core = "=0.413.0"` in Cargo.toml; a
+/// unit test keeps the two equal).
+pub const DENO_CORE_VERSION: &str = "0.413.0";
+
+/// Bytes before the manifest: magic, version, fingerprint, raw length,
+/// manifest length.
+const FIXED_HEADER_LEN: usize = 8 + 4 + 32 + 8 + 4;
+/// A snapshot larger than this is not something we baked.
+const MAX_RAW_LEN: u64 = 1 << 32;
+
+/// Why a container could not be read.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ContainerError {
+  #[error(
+    "snapshot header truncated: {len} bytes, a kiln snapshot header needs at least {needed}"
+  )]
+  HeaderTruncated { len: usize, needed: usize },
+  #[error("snapshot header corrupt: bad magic bytes (not a kiln snapshot)")]
+  BadMagic,
+  #[error(
+    "snapshot format version {found} is not supported (this binary reads version {expected})"
+  )]
+  UnsupportedVersion { found: u32, expected: u32 },
+  #[error("snapshot header corrupt: {0}")]
+  CorruptHeader(&'static str),
+  #[error("snapshot fingerprint mismatch: baked for {baked}, this binary expects {expected}")]
+  FingerprintMismatch { baked: String, expected: String },
+  #[error("snapshot payload corrupt: {0}")]
+  CorruptPayload(String),
+  #[error(
+    "snapshot payload truncated: decompressed {actual} bytes, header says {expected}"
+  )]
+  PayloadTruncated { actual: u64, expected: u64 },
+}
+
+/// What a snapshot was baked for: versions, target and the exact extension and
+/// op list. Its text form is hashed into the fingerprint and stored in the
+/// header, so a mismatch can say what differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+  pub deno_core: String,
+  pub v8: String,
+  pub target: String,
+  /// Extension names with their op names, in registration order.
+  pub extensions: Vec<(String, Vec<String>)>,
+}
+
+impl Manifest {
+  /// Describes the given extensions for this build of deno_core and V8.
+  pub fn new(target: &str, extensions: &[deno_core::Extension]) -> Self {
+    Manifest {
+      deno_core: DENO_CORE_VERSION.to_string(),
+      v8: deno_core::v8::VERSION_STRING.to_string(),
+      target: target.to_string(),
+      extensions: extensions
+        .iter()
+        .map(|ext| {
+          let ops = ext
+            .ops
+            .iter()
+            .chain(ext.objects.iter().flat_map(|o| {
+              o.methods
+                .iter()
+                .chain(o.static_methods.iter())
+                .chain(o.constructor.iter())
+            }))
+            .map(|op| op.name.to_string())
+            .collect();
+          (ext.name.to_string(), ops)
+        })
+        .collect(),
+    }
+  }
+
+  /// The canonical text form: one line per fact, in order.
+  pub fn to_text(&self) -> String {
+    let mut text = format!(
+      "kiln-snapshot {FORMAT_VERSION}\ndeno_core {}\nv8 {}\ntarget {}\n",
+      self.deno_core, self.v8, self.target
+    );
+    for (name, ops) in &self.extensions {
+      text.push_str("ext ");
+      text.push_str(name);
+      for op in ops {
+        text.push(' ');
+        text.push_str(op);
+      }
+      text.push('\n');
+    }
+    text
+  }
+
+  /// Parses the text form written by [`Manifest::to_text`].
+  pub fn parse(text: &str) -> Option<Self> {
+    let mut lines = text.lines();
+    let _format = lines.next()?.strip_prefix("kiln-snapshot ")?;
+    let deno_core = lines.next()?.strip_prefix("deno_core ")?.to_string();
+    let v8 = lines.next()?.strip_prefix("v8 ")?.to_string();
+    let target = lines.next()?.strip_prefix("target ")?.to_string();
+    let mut extensions = Vec::new();
+    for line in lines {
+      let mut words = line.strip_prefix("ext ")?.split(' ');
+      let name = words.next()?.to_string();
+      extensions.push((name, words.map(str::to_string).collect()));
+    }
+    Some(Manifest {
+      deno_core,
+      v8,
+      target,
+      extensions,
+    })
+  }
+
+  pub fn fingerprint(&self) -> [u8; 32] {
+    Sha256::digest(self.to_text().as_bytes()).into()
+  }
+
+  pub fn op_count(&self) -> usize {
+    self.extensions.iter().map(|(_, ops)| ops.len()).sum()
+  }
+
+  /// One line for error messages: versions, target, sizes, fingerprint.
+  pub fn summary(&self) -> String {
+    format!(
+      "deno_core {}, V8 {}, {}, {} extensions with {} ops (fingerprint {})",
+      self.deno_core,
+      self.v8,
+      self.target,
+      self.extensions.len(),
+      self.op_count(),
+      &hex(&self.fingerprint())[..16]
+    )
+  }
+
+  /// The first difference between two manifests, for error messages.
+  pub fn first_difference(&self, other: &Manifest) -> Option<String> {
+    if self.deno_core != other.deno_core {
+      return Some(format!("deno_core {} vs {}", self.deno_core, other.deno_core));
+    }
+    if self.v8 != other.v8 {
+      return Some(format!("V8 {} vs {}", self.v8, other.v8));
+    }
+    if self.target != other.target {
+      return Some(format!("target {} vs {}", self.target, other.target));
+    }
+    for (i, pair) in self
+      .extensions
+      .iter()
+      .zip(other.extensions.iter())
+      .enumerate()
+    {
+      let ((a_name, a_ops), (b_name, b_ops)) = pair;
+      if a_name != b_name {
+        return Some(format!("extension #{i} is '{a_name}' vs '{b_name}'"));
+      }
+      if a_ops != b_ops {
+        return Some(format!(
+          "extension '{a_name}' has {} ops vs {}",
+          a_ops.len(),
+          b_ops.len()
+        ));
+      }
+    }
+    if self.extensions.len() != other.extensions.len() {
+      return Some(format!(
+        "{} extensions vs {}",
+        self.extensions.len(),
+        other.extensions.len()
+      ));
+    }
+    None
+  }
+}
+
+/// A parsed container header plus its (still compressed) payload.
+#[derive(Debug)]
+pub struct SnapshotContainer<'a> {
+  pub version: u32,
+  pub fingerprint: [u8; 32],
+  pub raw_len: u64,
+  pub manifest: Manifest,
+  pub payload: &'a [u8],
+}
+
+impl<'a> SnapshotContainer<'a> {
+  /// Wraps raw snapshot bytes: header plus a zstd frame at `level`.
+  pub fn encode(
+    manifest: &Manifest,
+    raw: &[u8],
+    level: i32,
+  ) -> std::io::Result<Vec<u8>> {
+    let manifest_text = manifest.to_text();
+    let mut encoder = zstd::bulk::Compressor::new(level)?;
+    encoder.include_checksum(true)?;
+    encoder.include_contentsize(true)?;
+    let payload = encoder.compress(raw)?;
+    let mut out =
+      Vec::with_capacity(FIXED_HEADER_LEN + manifest_text.len() + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&manifest.fingerprint());
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(manifest_text.len() as u32).to_le_bytes());
+    out.extend_from_slice(manifest_text.as_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+  }
+
+  /// Reads and checks the header; the payload is not touched.
+  pub fn parse(bytes: &'a [u8]) -> Result<Self, ContainerError> {
+    if bytes.len() < FIXED_HEADER_LEN {
+      return Err(ContainerError::HeaderTruncated {
+        len: bytes.len(),
+        needed: FIXED_HEADER_LEN,
+      });
+    }
+    let (magic, rest) = bytes.split_at(8);
+    if magic != MAGIC {
+      return Err(ContainerError::BadMagic);
+    }
+    let (version, rest) = rest.split_at(4);
+    let version = u32::from_le_bytes(le_array(version));
+    if version != FORMAT_VERSION {
+      return Err(ContainerError::UnsupportedVersion {
+        found: version,
+        expected: FORMAT_VERSION,
+      });
+    }
+    let (fingerprint, rest) = rest.split_at(32);
+    let fingerprint: [u8; 32] = le_array(fingerprint);
+    let (raw_len, rest) = rest.split_at(8);
+    let raw_len = u64::from_le_bytes(le_array(raw_len));
+    if raw_len == 0 || raw_len > MAX_RAW_LEN {
+      return Err(ContainerError::CorruptHeader("implausible raw length"));
+    }
+    let (manifest_len, rest) = rest.split_at(4);
+    let manifest_len = u32::from_le_bytes(le_array(manifest_len)) as usize;
+    if manifest_len > rest.len() {
+      return Err(ContainerError::HeaderTruncated {
+        len: bytes.len(),
+        needed: FIXED_HEADER_LEN + manifest_len,
+      });
+    }
+    let (manifest_text, payload) = rest.split_at(manifest_len);
+    let manifest = std::str::from_utf8(manifest_text)
+      .ok()
+      .and_then(Manifest::parse)
+      .ok_or(ContainerError::CorruptHeader("unreadable manifest"))?;
+    if manifest.fingerprint() != fingerprint {
+      return Err(ContainerError::CorruptHeader(
+        "fingerprint does not match the manifest",
+      ));
+    }
+    Ok(SnapshotContainer {
+      version,
+      fingerprint,
+      raw_len,
+      manifest,
+      payload,
+    })
+  }
+
+  /// Refuses a snapshot baked for anything but `expected`.
+  pub fn check_manifest(&self, expected: &Manifest) -> Result<(), ContainerError> {
+    if self.fingerprint == expected.fingerprint() {
+      return Ok(());
+    }
+    let diff = self
+      .manifest
+      .first_difference(expected)
+      .map(|d| format!(" [first difference: {d}]"))
+      .unwrap_or_default();
+    Err(ContainerError::FingerprintMismatch {
+      baked: self.manifest.summary(),
+      expected: format!("{}{diff}", expected.summary()),
+    })
+  }
+
+  /// Decompresses the payload, verifying zstd's checksum and the raw length.
+  pub fn decompress(&self) -> Result<Vec<u8>, ContainerError> {
+    let mut out = Vec::with_capacity(self.raw_len as usize);
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(self.payload)
+      .map_err(|e| ContainerError::CorruptPayload(e.to_string()))?
+      .single_frame();
+    match std::io::copy(&mut decoder, &mut out) {
+      Ok(_) => {}
+      Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        return Err(ContainerError::PayloadTruncated {
+          actual: out.len() as u64,
+          expected: self.raw_len,
+        });
+      }
+      Err(e) => return Err(ContainerError::CorruptPayload(e.to_string())),
+    }
+    if out.len() as u64 != self.raw_len {
+      return Err(ContainerError::PayloadTruncated {
+        actual: out.len() as u64,
+        expected: self.raw_len,
+      });
+    }
+    Ok(out)
+  }
+}
+
+fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+  let mut out = [0u8; N];
+  out.copy_from_slice(&bytes[..N]);
+  out
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+  bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
