@@ -43,8 +43,17 @@ const fileReader = load("ext:deno_web/10_filereader.js");
 const messagePort = load("ext:deno_web/13_message_port.js");
 const compression = load("ext:deno_web/14_compression.js");
 const performance = load("ext:deno_web/15_performance.js");
-load("ext:deno_web/01_mimesniff.js");
-load("ext:deno_web/00_infra.js");
+const mimesniff = load("ext:deno_web/01_mimesniff.js");
+const infra = load("ext:deno_web/00_infra.js");
+
+// Every loaded script's exports stay reachable from this module, so the
+// snapshot serialises them in this (fixed) order rather than in the order of
+// deno_core's script-result cache, a HashMap whose order differs per process.
+export const loadedScripts = ObjectFreeze([
+  webidl, infra, url, urlPattern, consoleMod, domException, mimesniff, event,
+  structuredCloneMod, timers, abortSignal, base64, streams, encoding, file,
+  fileReader, messagePort, compression, performance,
+]);
 
 function writable(value: unknown): PropertyDescriptor {
   return { value, writable: true, enumerable: false, configurable: true };
@@ -129,7 +138,7 @@ ObjectDefineProperties(globalThis, {
 });
 
 (event.saveGlobalThisReference as (g: typeof globalThis) => void)(globalThis);
-void webidl;
+
 
 /**
  * Internal symbol under which test-only helpers live (`Deno[Deno.internal]`),

@@ -145,7 +145,7 @@ impl Runtime {
       .js
       .load_main_es_module(specifier)
       .await
-      .map_err(classify)?;
+      .map_err(load_error)?;
     let evaluation = self.js.mod_evaluate(id);
     self
       .js
@@ -154,6 +154,36 @@ impl Runtime {
       .map_err(classify)?;
     evaluation.await.map_err(classify)
   }
+}
+
+/// A module that failed to load or compile, as one line: `SyntaxError: ...
+/// at /path/file.js:1:14`.
+fn load_error(err: CoreError) -> Error {
+  let deno_core::error::CoreErrorKind::Js(js) = err.as_kind() else {
+    return Error::Load(err.to_string());
+  };
+  let message = js
+    .exception_message
+    .strip_prefix("Uncaught ")
+    .unwrap_or(&js.exception_message);
+  let location = js
+    .frames
+    .first()
+    .and_then(|f| {
+      let file = f.file_name.as_deref()?;
+      let file = ModuleSpecifier::parse(file)
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| file.to_string());
+      Some(format!(
+        " at {file}:{}:{}",
+        f.line_number.unwrap_or(0),
+        f.column_number.unwrap_or(0)
+      ))
+    })
+    .unwrap_or_default();
+  Error::Load(format!("{message}{location}"))
 }
 
 /// Separates exceptions thrown by user code from load failures.

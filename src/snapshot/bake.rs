@@ -134,11 +134,15 @@ pub fn bake(
   let manifest = Manifest::new(target, &extensions);
   let lazy_files = lazy_files(&extensions);
 
-  deno_core::v8_set_flags(
-    std::iter::once("kiln-bake".to_string())
-      .chain(DETERMINISTIC_V8_FLAGS.iter().map(|f| f.to_string()))
-      .collect(),
-  );
+  // V8 freezes its flags when it initialises: setting them twice aborts.
+  static SET_FLAGS: std::sync::Once = std::sync::Once::new();
+  SET_FLAGS.call_once(|| {
+    deno_core::v8_set_flags(
+      std::iter::once("kiln-bake".to_string())
+        .chain(DETERMINISTIC_V8_FLAGS.iter().map(|f| f.to_string()))
+        .collect(),
+    );
+  });
 
   let options = CreateSnapshotOptions {
     cargo_manifest_dir,

@@ -338,3 +338,138 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
 pub fn hex(bytes: &[u8]) -> String {
   bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn manifest(ops: &[&str]) -> Manifest {
+    Manifest {
+      deno_core: DENO_CORE_VERSION.into(),
+      v8: "15.0.0".into(),
+      target: "x86_64-unknown-linux-gnu".into(),
+      extensions: vec![
+        ("deno_web".into(), vec!["op_a".into()]),
+        ("kiln_runtime".into(), ops.iter().map(|s| s.to_string()).collect()),
+      ],
+    }
+  }
+
+  fn sample() -> (Manifest, Vec<u8>, Vec<u8>) {
+    let m = manifest(&["op_x", "op_y"]);
+    let raw: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let bytes = SnapshotContainer::encode(&m, &raw, 3).unwrap();
+    (m, raw, bytes)
+  }
+
+  fn header_len(bytes: &[u8]) -> usize {
+    FIXED_HEADER_LEN + u32::from_le_bytes(le_array(&bytes[52..56])) as usize
+  }
+
+  #[test]
+  fn round_trip() {
+    let (m, raw, bytes) = sample();
+    let c = SnapshotContainer::parse(&bytes).unwrap();
+    assert_eq!(c.manifest, m);
+    assert_eq!(c.raw_len, raw.len() as u64);
+    c.check_manifest(&m).unwrap();
+    assert_eq!(c.decompress().unwrap(), raw);
+  }
+
+  #[test]
+  fn manifest_text_round_trips() {
+    let m = manifest(&["op_x"]);
+    assert_eq!(Manifest::parse(&m.to_text()), Some(m));
+  }
+
+  #[test]
+  fn corrupt_magic_is_reported() {
+    let (_, _, mut bytes) = sample();
+    bytes[0] ^= 0xff;
+    assert_eq!(SnapshotContainer::parse(&bytes).unwrap_err(), ContainerError::BadMagic);
+  }
+
+  #[test]
+  fn short_header_is_reported() {
+    let (_, _, bytes) = sample();
+    let err = SnapshotContainer::parse(&bytes[..20]).unwrap_err();
+    assert!(matches!(err, ContainerError::HeaderTruncated { len: 20, .. }), "{err}");
+    assert!(err.to_string().starts_with("snapshot header truncated"));
+  }
+
+  #[test]
+  fn other_format_version_is_reported() {
+    let (_, _, mut bytes) = sample();
+    bytes[8] = 9;
+    let err = SnapshotContainer::parse(&bytes).unwrap_err();
+    assert_eq!(err, ContainerError::UnsupportedVersion { found: 9, expected: FORMAT_VERSION });
+  }
+
+  #[test]
+  fn tampered_manifest_is_reported() {
+    let (_, _, mut bytes) = sample();
+    // A manifest byte no longer hashes to the stored fingerprint.
+    let i = FIXED_HEADER_LEN + 2;
+    bytes[i] ^= 0x01;
+    let err = SnapshotContainer::parse(&bytes).unwrap_err();
+    assert!(matches!(err, ContainerError::CorruptHeader(_)), "{err}");
+  }
+
+  #[test]
+  fn flipped_payload_byte_is_reported() {
+    let (_, _, mut bytes) = sample();
+    let i = header_len(&bytes) + (bytes.len() - header_len(&bytes)) / 2;
+    bytes[i] ^= 0x55;
+    let c = SnapshotContainer::parse(&bytes).unwrap();
+    let err = c.decompress().unwrap_err();
+    assert!(
+      matches!(err, ContainerError::CorruptPayload(_) | ContainerError::PayloadTruncated { .. }),
+      "{err}"
+    );
+    assert!(err.to_string().starts_with("snapshot payload"), "{err}");
+  }
+
+  #[test]
+  fn truncated_payload_is_reported() {
+    let (_, raw, bytes) = sample();
+    let cut = header_len(&bytes) + (bytes.len() - header_len(&bytes)) / 2;
+    let c = SnapshotContainer::parse(&bytes[..cut]).unwrap();
+    let err = c.decompress().unwrap_err();
+    match err {
+      ContainerError::PayloadTruncated { expected, .. } => assert_eq!(expected, raw.len() as u64),
+      other => panic!("expected PayloadTruncated, got {other}"),
+    }
+    assert!(err_text(&bytes[..cut]).starts_with("snapshot payload truncated"));
+  }
+
+  fn err_text(bytes: &[u8]) -> String {
+    SnapshotContainer::parse(bytes).unwrap().decompress().unwrap_err().to_string()
+  }
+
+  #[test]
+  fn wrong_fingerprint_names_both_sides() {
+    let (_, _, bytes) = sample();
+    let c = SnapshotContainer::parse(&bytes).unwrap();
+    let other = manifest(&["op_x", "op_y", "op_z"]);
+    let err = c.check_manifest(&other).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ContainerError::FingerprintMismatch { .. }));
+    assert!(text.starts_with("snapshot fingerprint mismatch: baked for deno_core"), "{text}");
+    assert!(text.contains("this binary expects"), "{text}");
+    assert!(text.contains("2 extensions with 3 ops"), "{text}");
+    assert!(text.contains("extension 'kiln_runtime' has 2 ops vs 3"), "{text}");
+  }
+
+  #[test]
+  fn encode_is_deterministic() {
+    let (m, raw, bytes) = sample();
+    assert_eq!(SnapshotContainer::encode(&m, &raw, 3).unwrap(), bytes);
+  }
+
+  #[test]
+  fn pinned_deno_core_version_matches_cargo_toml() {
+    let toml = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let pin = format!("deno_core = \"={DENO_CORE_VERSION}\"");
+    assert!(toml.contains(&pin), "Cargo.toml must pin {pin}");
+  }
+}

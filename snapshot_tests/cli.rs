@@ -1,0 +1,242 @@
+//! `kiln run` / `kiln snapshot info` through the real binary.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::process::Output;
+
+fn kiln() -> Command {
+  let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+  cmd.env("NO_COLOR", "1");
+  cmd
+}
+
+fn run(args: &[&str]) -> Output {
+  kiln().args(args).output().expect("spawn kiln")
+}
+
+fn stdout(o: &Output) -> String {
+  String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+  String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn repo(path: &str) -> PathBuf {
+  Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+  let path = dir.join(name);
+  std::fs::write(&path, text).unwrap();
+  path
+}
+
+/// Asserts a failed run printed exactly one line to stderr, containing `needle`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+  assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+  let err = stderr(o);
+  assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err:?}");
+  assert!(err.starts_with("error: "), "{err:?}");
+  assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+  assert!(!err.contains("panicked"), "{err:?}");
+}
+
+#[test]
+fn hello_example_prints_expected_lines() {
+  let o = run(&["run", repo("examples/hello.ts").to_str().unwrap()]);
+  assert!(o.status.success(), "stderr: {}", stderr(&o));
+  assert_eq!(
+    stdout(&o),
+    "Hello, kiln!\n\
+     path=/hello query=snapshot\n\
+     encoded 4 bytes: 107,105,108,110\n\
+     timer fired after >= 10 ms: true\n"
+  );
+}
+
+#[test]
+fn args_exit_and_hidden_internals() {
+  let dir = tempfile::tempdir().unwrap();
+  let file = write(
+    dir.path(),
+    "main.js",
+    r#"
+      console.log(JSON.stringify(Deno.args));
+      console.log(typeof Deno.core, typeof globalThis.__bootstrap, typeof globalThis.__kilnBootstrap);
+      console.log(typeof Deno.version.kiln, Deno.version.v8.length > 0);
+      Deno.exit(7);
+      console.log("not reached");
+    "#,
+  );
+  let o = run(&["run", file.to_str().unwrap(), "one", "--two"]);
+  assert_eq!(o.status.code(), Some(7), "stderr: {}", stderr(&o));
+  assert_eq!(stdout(&o), "[\"one\",\"--two\"]\nundefined undefined undefined\nstring true\n");
+}
+
+#[test]
+fn imports_dynamic_import_and_top_level_await() {
+  let dir = tempfile::tempdir().unwrap();
+  std::fs::create_dir(dir.path().join("lib")).unwrap();
+  write(dir.path(), "lib/math.ts", "export function double(n: number): number { return n * 2; }\n");
+  write(dir.path(), "lib/plain.mjs", "export const plain = 'mjs';\n");
+  write(dir.path(), "data.json", "{\"answer\": 42}\n");
+  let main = write(
+    dir.path(),
+    "main.ts",
+    r#"
+      import { double } from "./lib/math.ts";
+      import data from "./data.json" with { type: "json" };
+      const { plain } = await import("./lib/plain.mjs");
+      const abs = await import(new URL("./lib/math.ts", import.meta.url).href);
+      await new Promise((r) => setTimeout(r, 5));
+      console.log(double(21), plain, abs.double(2), data.answer);
+    "#,
+  );
+  let o = run(&["run", main.to_str().unwrap()]);
+  assert!(o.status.success(), "stderr: {}", stderr(&o));
+  assert_eq!(stdout(&o), "42 mjs 4 42\n");
+}
+
+#[test]
+fn uncaught_error_in_typescript_names_the_ts_file_and_line() {
+  let dir = tempfile::tempdir().unwrap();
+  // Type-only lines vanish in the emitted JS: only a source map gives line 9.
+  let file = write(
+    dir.path(),
+    "boom.ts",
+    "interface Shape {\n  kind: string;\n  size: number;\n}\ntype Id = string;\n\nfunction fail(shape: Shape): never {\n  const id: Id = shape.kind;\n  throw new Error(`boom ${id}`);\n}\nfail({ kind: \"x\", size: 1 });\n",
+  );
+  let o = run(&["run", file.to_str().unwrap()]);
+  assert_eq!(o.status.code(), Some(1));
+  let err = stderr(&o);
+  assert!(err.contains("Error: boom x"), "{err}");
+  assert!(err.contains("boom.ts:9:"), "stack should name the TS line: {err}");
+  assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn syntax_error_is_one_line() {
+  let dir = tempfile::tempdir().unwrap();
+  let file = write(dir.path(), "bad.ts", "const x: number = 1;\nconst y = ;\n");
+  let o = run(&["run", file.to_str().unwrap()]);
+  assert_one_line_error(&o, "SyntaxError");
+  assert!(stderr(&o).contains("bad.ts:2:"), "{}", stderr(&o));
+}
+
+#[test]
+fn syntax_error_in_an_imported_js_module_is_one_line() {
+  let dir = tempfile::tempdir().unwrap();
+  write(dir.path(), "dep.js", "export const = 1;\n");
+  let file = write(dir.path(), "main.js", "import './dep.js';\n");
+  let o = run(&["run", file.to_str().unwrap()]);
+  assert_one_line_error(&o, "SyntaxError");
+}
+
+#[test]
+fn missing_file_is_one_line() {
+  let o = run(&["run", "/nonexistent/kiln/missing.ts"]);
+  assert_one_line_error(&o, "module not found: /nonexistent/kiln/missing.ts");
+}
+
+#[test]
+fn missing_import_is_one_line() {
+  let dir = tempfile::tempdir().unwrap();
+  let file = write(dir.path(), "main.ts", "import { x } from './nope.ts';\nconsole.log(x);\n");
+  let o = run(&["run", file.to_str().unwrap()]);
+  assert_one_line_error(&o, "nope.ts");
+}
+
+#[test]
+fn npm_and_http_imports_are_refused_in_one_line() {
+  let dir = tempfile::tempdir().unwrap();
+  for (name, spec) in [("npm.ts", "npm:left-pad"), ("http.ts", "http://example.com/x.js")] {
+    let file = write(
+      dir.path(),
+      name,
+      &format!("import leftPad from '{spec}';\nconsole.log(leftPad);\n"),
+    );
+    let o = run(&["run", file.to_str().unwrap()]);
+    assert_one_line_error(&o, &format!("unsupported import '{spec}'"));
+  }
+}
+
+#[test]
+fn snapshot_info_lists_every_extension() {
+  let o = run(&["snapshot", "info"]);
+  assert!(o.status.success(), "stderr: {}", stderr(&o));
+  let out = stdout(&o);
+  for needle in [
+    "format version: 1",
+    "fingerprint:",
+    "deno_core:      0.413.0",
+    "raw size:",
+    "compressed:",
+    "deno_webidl",
+    "deno_web ",
+    "kiln_runtime",
+  ] {
+    assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+  }
+  for (name, _) in kiln::runtime::expected_manifest().extensions {
+    assert!(out.contains(&name), "missing extension {name} in:\n{out}");
+  }
+}
+
+/// Puts `ext_js/` back even if the test fails.
+struct Renamed {
+  from: PathBuf,
+  to: PathBuf,
+}
+
+impl Drop for Renamed {
+  fn drop(&mut self) {
+    let _ = std::fs::rename(&self.to, &self.from);
+  }
+}
+
+#[test]
+fn relocated_binary_runs_without_the_source_tree() {
+  let dir = tempfile::tempdir().unwrap();
+  let exe = dir.path().join("kiln");
+  std::fs::copy(env!("CARGO_BIN_EXE_kiln"), &exe).unwrap();
+  let script = write(
+    dir.path(),
+    "globals.ts",
+    r#"
+      const url = new URL("../b?q=1#h", "https://kiln.dev/a/c");
+      const bytes = new TextEncoder().encode("h\u00e9");
+      const text = new TextDecoder().decode(bytes);
+      const ac = new AbortController();
+      ac.abort();
+      const cloned = structuredClone({ d: new Date(0), m: new Map([[1, 2]]) });
+      const chunks: string[] = [];
+      const rs = new ReadableStream<string>({ start(c) { c.enqueue("a"); c.enqueue("b"); c.close(); } });
+      for await (const c of rs) chunks.push(c);
+      let fired = false;
+      const et = new EventTarget();
+      et.addEventListener("ping", () => { fired = true; });
+      et.dispatchEvent(new Event("ping"));
+      await new Promise((r) => setTimeout(r, 5));
+      console.log(url.href, bytes.length, text, ac.signal.aborted, cloned.m.get(1),
+        chunks.join(""), fired, btoa("kiln"), typeof performance.now(), new Blob(["xy"]).size);
+    "#,
+  );
+  let ext_js = repo("ext_js");
+  let hidden = repo("ext_js.hidden-by-relocation-test");
+  std::fs::rename(&ext_js, &hidden).unwrap();
+  let _restore = Renamed { from: ext_js, to: hidden };
+  let o = Command::new(&exe)
+    .current_dir(dir.path())
+    .env("NO_COLOR", "1")
+    .args(["run", "globals.ts"])
+    .output()
+    .unwrap();
+  assert!(o.status.success(), "stderr: {}", stderr(&o));
+  assert_eq!(
+    stdout(&o),
+    "https://kiln.dev/b?q=1#h 3 h\u{e9} true 2 ab true a2lsbg== number 2\n"
+  );
+  let _ = script;
+}
