@@ -25,16 +25,33 @@ fn bake_produces_a_container_for_the_one_extension_list() {
   // Every file that went into the snapshot is listed for rerun-if-changed,
   // the TypeScript glue included.
   let glue = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ext_js/runtime.ts");
-  assert!(baked.files_loaded.contains(&glue), "{:?}", baked.files_loaded);
-  assert!(baked.files_loaded.iter().any(|f| f.ends_with("06_streams.js")));
+  assert!(
+    baked.files_loaded.contains(&glue),
+    "{:?}",
+    baked.files_loaded
+  );
+  assert!(
+    baked
+      .files_loaded
+      .iter()
+      .any(|f| f.ends_with("06_streams.js"))
+  );
 
   // Lazy sources no baked code consumed are carried as residuals, sorted
   // (deno_core binary-searches them); consumed ones are not.
-  let specs: Vec<&str> = baked.residual.iter().map(|r| r.specifier.as_str()).collect();
+  let specs: Vec<&str> = baked
+    .residual
+    .iter()
+    .map(|r| r.specifier.as_str())
+    .collect();
   assert!(specs.windows(2).all(|w| w[0] < w[1]), "{specs:?}");
   assert!(specs.contains(&"ext:deno_web/locks.js"), "{specs:?}");
   assert!(!specs.contains(&"ext:deno_web/06_streams.js"), "{specs:?}");
   for r in baked.residual.iter().filter(|r| !r.is_esm) {
-    assert!(r.code.starts_with("\"use strict\"; return ("), "{} is not pre-wrapped", r.specifier);
+    assert!(
+      r.code.starts_with("\"use strict\"; return ("),
+      "{} is not pre-wrapped",
+      r.specifier
+    );
   }
 }

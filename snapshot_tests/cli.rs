@@ -37,7 +37,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn assert_one_line_error(o: &Output, needle: &str) {
   assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
   let err = stderr(o);
-  assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err:?}");
+  assert_eq!(
+    err.trim_end().lines().count(),
+    1,
+    "expected one line, got: {err:?}"
+  );
   assert!(err.starts_with("error: "), "{err:?}");
   assert!(err.contains(needle), "expected {needle:?} in {err:?}");
   assert!(!err.contains("panicked"), "{err:?}");
@@ -72,14 +76,21 @@ fn args_exit_and_hidden_internals() {
   );
   let o = run(&["run", file.to_str().unwrap(), "one", "--two"]);
   assert_eq!(o.status.code(), Some(7), "stderr: {}", stderr(&o));
-  assert_eq!(stdout(&o), "[\"one\",\"--two\"]\nundefined undefined undefined\nstring true\n");
+  assert_eq!(
+    stdout(&o),
+    "[\"one\",\"--two\"]\nundefined undefined undefined\nstring true\n"
+  );
 }
 
 #[test]
 fn imports_dynamic_import_and_top_level_await() {
   let dir = tempfile::tempdir().unwrap();
   std::fs::create_dir(dir.path().join("lib")).unwrap();
-  write(dir.path(), "lib/math.ts", "export function double(n: number): number { return n * 2; }\n");
+  write(
+    dir.path(),
+    "lib/math.ts",
+    "export function double(n: number): number { return n * 2; }\n",
+  );
   write(dir.path(), "lib/plain.mjs", "export const plain = 'mjs';\n");
   write(dir.path(), "data.json", "{\"answer\": 42}\n");
   let main = write(
@@ -112,7 +123,10 @@ fn uncaught_error_in_typescript_names_the_ts_file_and_line() {
   assert_eq!(o.status.code(), Some(1));
   let err = stderr(&o);
   assert!(err.contains("Error: boom x"), "{err}");
-  assert!(err.contains("boom.ts:9:"), "stack should name the TS line: {err}");
+  assert!(
+    err.contains("boom.ts:9:"),
+    "stack should name the TS line: {err}"
+  );
   assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -143,7 +157,11 @@ fn missing_file_is_one_line() {
 #[test]
 fn missing_import_is_one_line() {
   let dir = tempfile::tempdir().unwrap();
-  let file = write(dir.path(), "main.ts", "import { x } from './nope.ts';\nconsole.log(x);\n");
+  let file = write(
+    dir.path(),
+    "main.ts",
+    "import { x } from './nope.ts';\nconsole.log(x);\n",
+  );
   let o = run(&["run", file.to_str().unwrap()]);
   assert_one_line_error(&o, "nope.ts");
 }
@@ -151,7 +169,10 @@ fn missing_import_is_one_line() {
 #[test]
 fn npm_and_http_imports_are_refused_in_one_line() {
   let dir = tempfile::tempdir().unwrap();
-  for (name, spec) in [("npm.ts", "npm:left-pad"), ("http.ts", "http://example.com/x.js")] {
+  for (name, spec) in [
+    ("npm.ts", "npm:left-pad"),
+    ("http.ts", "http://example.com/x.js"),
+  ] {
     let file = write(
       dir.path(),
       name,
@@ -226,7 +247,10 @@ fn relocated_binary_runs_without_the_source_tree() {
   let ext_js = repo("ext_js");
   let hidden = repo("ext_js.hidden-by-relocation-test");
   std::fs::rename(&ext_js, &hidden).unwrap();
-  let _restore = Renamed { from: ext_js, to: hidden };
+  let _restore = Renamed {
+    from: ext_js,
+    to: hidden,
+  };
   let o = Command::new(&exe)
     .current_dir(dir.path())
     .env("NO_COLOR", "1")

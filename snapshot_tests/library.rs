@@ -14,12 +14,21 @@ fn with_tokio<T>(f: impl std::future::Future<Output = T>) -> T {
 #[test]
 fn runtime_executes_scripts_from_the_snapshot() {
   with_tokio(async {
-    let mut rt = kiln::Runtime::new(kiln::RuntimeOptions { args: vec!["a".into()] }).unwrap();
+    let mut rt = kiln::Runtime::new(kiln::RuntimeOptions {
+      args: vec!["a".into()],
+    })
+    .unwrap();
     assert_eq!(rt.execute_script("1 + 1").unwrap(), "2");
     assert_eq!(rt.execute_script("Deno.args.join(',')").unwrap(), "a");
     assert_eq!(rt.execute_script("typeof Deno.core").unwrap(), "undefined");
-    assert_eq!(rt.execute_script("new URL('https://x.dev/p').pathname").unwrap(), "/p");
-    let err = rt.execute_script("throw new TypeError('nope')").unwrap_err();
+    assert_eq!(
+      rt.execute_script("new URL('https://x.dev/p').pathname")
+        .unwrap(),
+      "/p"
+    );
+    let err = rt
+      .execute_script("throw new TypeError('nope')")
+      .unwrap_err();
     assert!(err.to_string().contains("TypeError: nope"), "{err}");
     // The runtime survives a thrown error.
     assert_eq!(rt.execute_script("40 + 2").unwrap(), "42");
@@ -31,7 +40,10 @@ fn many_runtimes_share_one_thawed_snapshot() {
   with_tokio(async {
     for i in 0..3 {
       let mut rt = kiln::Runtime::new(kiln::RuntimeOptions::default()).unwrap();
-      assert_eq!(rt.execute_script(&format!("{i} * 2")).unwrap(), (i * 2).to_string());
+      assert_eq!(
+        rt.execute_script(&format!("{i} * 2")).unwrap(),
+        (i * 2).to_string()
+      );
     }
   });
 }
@@ -39,11 +51,19 @@ fn many_runtimes_share_one_thawed_snapshot() {
 #[test]
 fn snapshot_baked_for_another_extension_set_is_refused() {
   let mut other = kiln::runtime::expected_manifest();
-  other.extensions.push(("my_extension".into(), vec!["op_mine".into()]));
+  other
+    .extensions
+    .push(("my_extension".into(), vec!["op_mine".into()]));
   let err = load::thaw(load::EMBEDDED_SNAPSHOT, &other).unwrap_err();
-  assert!(matches!(err, ContainerError::FingerprintMismatch { .. }), "{err}");
+  assert!(
+    matches!(err, ContainerError::FingerprintMismatch { .. }),
+    "{err}"
+  );
   let text = err.to_string();
-  assert!(text.starts_with("snapshot fingerprint mismatch: baked for "), "{text}");
+  assert!(
+    text.starts_with("snapshot fingerprint mismatch: baked for "),
+    "{text}"
+  );
   assert!(text.contains("this binary expects"), "{text}");
 }
 
@@ -57,7 +77,10 @@ fn embedded_snapshot_matches_this_binary() {
 fn corrupt_embedded_bytes_give_errors_not_panics() {
   let expected = kiln::runtime::expected_manifest();
   let bytes = load::EMBEDDED_SNAPSHOT;
-  assert!(matches!(load::thaw(&bytes[..10], &expected), Err(ContainerError::HeaderTruncated { .. })));
+  assert!(matches!(
+    load::thaw(&bytes[..10], &expected),
+    Err(ContainerError::HeaderTruncated { .. })
+  ));
   let mut flipped = bytes.to_vec();
   let i = flipped.len() - 1000;
   flipped[i] ^= 0x40;

@@ -6,8 +6,6 @@
 //! stale snapshot is refused instead of crashing V8. Compiled into `build.rs`
 //! through `#[path]`: must not reach into the rest of the crate.
 
-
-
 pub mod runtime;
 
 pub use runtime::RuntimeConfig;

@@ -128,7 +128,10 @@ impl FsModuleLoader {
       } else {
         e.to_string()
       };
-      JsErrorBox::new("NotFound", format!("cannot load module {}{from}: {reason}", path.display()))
+      JsErrorBox::new(
+        "NotFound",
+        format!("cannot load module {}{from}: {reason}", path.display()),
+      )
     })?;
     let (module_type, code) = match module_kind(&path) {
       Some(ModuleKind::TypeScript) => {

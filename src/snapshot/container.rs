@@ -37,9 +37,7 @@ const MAX_RAW_LEN: u64 = 1 << 32;
 /// Why a container could not be read.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ContainerError {
-  #[error(
-    "snapshot header truncated: {len} bytes, a kiln snapshot header needs at least {needed}"
-  )]
+  #[error("snapshot header truncated: {len} bytes, a kiln snapshot header needs at least {needed}")]
   HeaderTruncated { len: usize, needed: usize },
   #[error("snapshot header corrupt: bad magic bytes (not a kiln snapshot)")]
   BadMagic,
@@ -53,9 +51,7 @@ pub enum ContainerError {
   FingerprintMismatch { baked: String, expected: String },
   #[error("snapshot payload corrupt: {0}")]
   CorruptPayload(String),
-  #[error(
-    "snapshot payload truncated: decompressed {actual} bytes, header says {expected}"
-  )]
+  #[error("snapshot payload truncated: decompressed {actual} bytes, header says {expected}")]
   PayloadTruncated { actual: u64, expected: u64 },
 }
 
@@ -161,7 +157,10 @@ impl Manifest {
   /// The first difference between two manifests, for error messages.
   pub fn first_difference(&self, other: &Manifest) -> Option<String> {
     if self.deno_core != other.deno_core {
-      return Some(format!("deno_core {} vs {}", self.deno_core, other.deno_core));
+      return Some(format!(
+        "deno_core {} vs {}",
+        self.deno_core, other.deno_core
+      ));
     }
     if self.v8 != other.v8 {
       return Some(format!("V8 {} vs {}", self.v8, other.v8));
@@ -210,18 +209,13 @@ pub struct SnapshotContainer<'a> {
 
 impl<'a> SnapshotContainer<'a> {
   /// Wraps raw snapshot bytes: header plus a zstd frame at `level`.
-  pub fn encode(
-    manifest: &Manifest,
-    raw: &[u8],
-    level: i32,
-  ) -> std::io::Result<Vec<u8>> {
+  pub fn encode(manifest: &Manifest, raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     let manifest_text = manifest.to_text();
     let mut encoder = zstd::bulk::Compressor::new(level)?;
     encoder.include_checksum(true)?;
     encoder.include_contentsize(true)?;
     let payload = encoder.compress(raw)?;
-    let mut out =
-      Vec::with_capacity(FIXED_HEADER_LEN + manifest_text.len() + payload.len());
+    let mut out = Vec::with_capacity(FIXED_HEADER_LEN + manifest_text.len() + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&manifest.fingerprint());
@@ -350,7 +344,10 @@ mod tests {
       target: "x86_64-unknown-linux-gnu".into(),
       extensions: vec![
         ("deno_web".into(), vec!["op_a".into()]),
-        ("kiln_runtime".into(), ops.iter().map(|s| s.to_string()).collect()),
+        (
+          "kiln_runtime".into(),
+          ops.iter().map(|s| s.to_string()).collect(),
+        ),
       ],
     }
   }
@@ -386,14 +383,20 @@ mod tests {
   fn corrupt_magic_is_reported() {
     let (_, _, mut bytes) = sample();
     bytes[0] ^= 0xff;
-    assert_eq!(SnapshotContainer::parse(&bytes).unwrap_err(), ContainerError::BadMagic);
+    assert_eq!(
+      SnapshotContainer::parse(&bytes).unwrap_err(),
+      ContainerError::BadMagic
+    );
   }
 
   #[test]
   fn short_header_is_reported() {
     let (_, _, bytes) = sample();
     let err = SnapshotContainer::parse(&bytes[..20]).unwrap_err();
-    assert!(matches!(err, ContainerError::HeaderTruncated { len: 20, .. }), "{err}");
+    assert!(
+      matches!(err, ContainerError::HeaderTruncated { len: 20, .. }),
+      "{err}"
+    );
     assert!(err.to_string().starts_with("snapshot header truncated"));
   }
 
@@ -402,7 +405,13 @@ mod tests {
     let (_, _, mut bytes) = sample();
     bytes[8] = 9;
     let err = SnapshotContainer::parse(&bytes).unwrap_err();
-    assert_eq!(err, ContainerError::UnsupportedVersion { found: 9, expected: FORMAT_VERSION });
+    assert_eq!(
+      err,
+      ContainerError::UnsupportedVersion {
+        found: 9,
+        expected: FORMAT_VERSION
+      }
+    );
   }
 
   #[test]
@@ -423,7 +432,10 @@ mod tests {
     let c = SnapshotContainer::parse(&bytes).unwrap();
     let err = c.decompress().unwrap_err();
     assert!(
-      matches!(err, ContainerError::CorruptPayload(_) | ContainerError::PayloadTruncated { .. }),
+      matches!(
+        err,
+        ContainerError::CorruptPayload(_) | ContainerError::PayloadTruncated { .. }
+      ),
       "{err}"
     );
     assert!(err.to_string().starts_with("snapshot payload"), "{err}");
@@ -443,7 +455,11 @@ mod tests {
   }
 
   fn err_text(bytes: &[u8]) -> String {
-    SnapshotContainer::parse(bytes).unwrap().decompress().unwrap_err().to_string()
+    SnapshotContainer::parse(bytes)
+      .unwrap()
+      .decompress()
+      .unwrap_err()
+      .to_string()
   }
 
   #[test]
@@ -454,10 +470,16 @@ mod tests {
     let err = c.check_manifest(&other).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, ContainerError::FingerprintMismatch { .. }));
-    assert!(text.starts_with("snapshot fingerprint mismatch: baked for deno_core"), "{text}");
+    assert!(
+      text.starts_with("snapshot fingerprint mismatch: baked for deno_core"),
+      "{text}"
+    );
     assert!(text.contains("this binary expects"), "{text}");
     assert!(text.contains("2 extensions with 3 ops"), "{text}");
-    assert!(text.contains("extension 'kiln_runtime' has 2 ops vs 3"), "{text}");
+    assert!(
+      text.contains("extension 'kiln_runtime' has 2 ops vs 3"),
+      "{text}"
+    );
   }
 
   #[test]
