@@ -6,19 +6,31 @@
 //! stale snapshot is refused instead of crashing V8. Compiled into `build.rs`
 //! through `#[path]`: must not reach into the rest of the crate.
 
+pub mod cron;
 pub mod runtime;
 
+pub use cron::LocalCronHandler;
 pub use runtime::RuntimeConfig;
 
 /// Run-time options of the baked extensions. Nothing here is baked: the bake
 /// uses `Default`, the runtime passes the real values at init.
-#[derive(Clone, Debug, Default)]
-pub struct ExtensionOptions {
+pub struct ExtensionOptions<C: cron::CronHandler = LocalCronHandler> {
   pub runtime: RuntimeConfig,
+  /// The `Deno.cron` backend.
+  pub cron: C,
+}
+
+impl Default for ExtensionOptions {
+  fn default() -> Self {
+    ExtensionOptions {
+      runtime: RuntimeConfig::default(),
+      cron: LocalCronHandler::default(),
+    }
+  }
 }
 
 /// kiln's extensions, in order.
-pub fn all(options: ExtensionOptions) -> Vec<deno_core::Extension> {
+pub fn all<C: cron::CronHandler + 'static>(options: ExtensionOptions<C>) -> Vec<deno_core::Extension> {
   vec![
     deno_webidl::deno_webidl::init(),
     deno_web::deno_web::init(
@@ -28,5 +40,6 @@ pub fn all(options: ExtensionOptions) -> Vec<deno_core::Extension> {
       deno_web::InMemoryBroadcastChannel::default(),
     ),
     runtime::kiln_runtime::init(options.runtime),
+    cron::kiln_cron::init(options.cron),
   ]
 }

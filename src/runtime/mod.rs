@@ -81,6 +81,7 @@ impl Runtime {
     let snapshot = load::embedded(expected_manifest)?;
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig { args: options.args },
+      cron: extensions::LocalCronHandler::default(),
     };
     let mut js = JsRuntime::try_new(deno_core::RuntimeOptions {
       startup_snapshot: Some(snapshot),

@@ -1,0 +1,209 @@
+// kiln_cron glue: `Deno.cron`, compatible with Deno's. Argument checks that
+// belong to JS live here; names, schedules and backoff limits are checked by
+// the ops so every backend gets them.
+
+import { core, primordials } from "ext:core/mod.js";
+import { op_cron_create, op_cron_next } from "ext:core/ops";
+import { defineDenoMember, internals } from "ext:kiln_runtime/runtime.ts";
+
+const {
+  ArrayIsArray,
+  ArrayPrototypeEvery,
+  ArrayPrototypeJoin,
+  NumberIsInteger,
+  TypeError,
+} = primordials;
+
+type CronField = number | { exact: number | number[] } | {
+  start?: number;
+  end?: number;
+  every?: number;
+};
+
+interface CronScheduleObject {
+  minute?: CronField;
+  hour?: CronField;
+  dayOfMonth?: CronField;
+  month?: CronField;
+  dayOfWeek?: CronField;
+}
+
+interface CronOptions {
+  backoffSchedule?: number[];
+  signal?: AbortSignal;
+}
+
+type Handler = () => unknown;
+
+function invalidSchedule(): TypeError {
+  return new TypeError("Invalid cron schedule");
+}
+
+/** Converts one field of a schedule object to cron syntax. */
+function formatToCronSchedule(value?: CronField): string {
+  if (value === undefined) {
+    return "*";
+  }
+  if (typeof value === "number") {
+    return `${value}`;
+  }
+  if (value === null || typeof value !== "object") {
+    throw invalidSchedule();
+  }
+  if ("exact" in value && value.exact !== undefined) {
+    const exact = value.exact;
+    if (typeof exact === "number") {
+      return `${exact}`;
+    }
+    if (ArrayIsArray(exact) && exact.length > 0) {
+      return ArrayPrototypeJoin(exact, ",");
+    }
+    throw invalidSchedule();
+  }
+  const { start, end, every } = value as {
+    start?: number;
+    end?: number;
+    every?: number;
+  };
+  if (start !== undefined && end !== undefined && every !== undefined) {
+    return `${start}-${end}/${every}`;
+  }
+  if (start !== undefined && end !== undefined) {
+    return `${start}-${end}`;
+  }
+  if (start !== undefined && every !== undefined) {
+    return `${start}/${every}`;
+  }
+  if (start !== undefined) {
+    return `${start}/1`;
+  }
+  if (end === undefined && every !== undefined) {
+    return `*/${every}`;
+  }
+  throw invalidSchedule();
+}
+
+/**
+ * A schedule string or object as a five-field cron string. When `minute` is
+ * absent and a larger field is set, the smaller fields default to their first
+ * value (an hour step of 2 becomes minute 0 of every second hour).
+ */
+function parseScheduleToString(schedule: string | CronScheduleObject): string {
+  if (typeof schedule === "string") {
+    return schedule;
+  }
+  if (schedule === null || typeof schedule !== "object") {
+    throw invalidSchedule();
+  }
+  let { minute, hour, dayOfMonth, month, dayOfWeek } = schedule;
+  if (minute === undefined) {
+    if (
+      hour !== undefined || dayOfMonth !== undefined || month !== undefined ||
+      dayOfWeek !== undefined
+    ) {
+      minute = 0;
+    }
+    if (
+      hour === undefined &&
+      (dayOfMonth !== undefined || month !== undefined ||
+        dayOfWeek !== undefined)
+    ) {
+      hour = 0;
+    }
+    if (
+      dayOfMonth === undefined && month !== undefined &&
+      dayOfWeek === undefined
+    ) {
+      dayOfMonth = 1;
+    }
+  }
+  return `${formatToCronSchedule(minute)} ${formatToCronSchedule(hour)} ${
+    formatToCronSchedule(dayOfMonth)
+  } ${formatToCronSchedule(month)} ${formatToCronSchedule(dayOfWeek)}`;
+}
+
+function cron(
+  name: string,
+  schedule: string | CronScheduleObject,
+  handlerOrOptions1: Handler | CronOptions,
+  handler2?: Handler,
+): Promise<void> {
+  if (name === undefined) {
+    throw new TypeError(
+      "Cannot create cron job, a unique name is required: received 'undefined'",
+    );
+  }
+  if (schedule === undefined) {
+    throw new TypeError(
+      "Cannot create cron job, a schedule is required: received 'undefined'",
+    );
+  }
+  const scheduleString = parseScheduleToString(schedule);
+
+  let handler: Handler;
+  let options: CronOptions | undefined;
+  if (typeof handlerOrOptions1 === "function") {
+    if (handler2 !== undefined) {
+      throw new TypeError(
+        "Cannot create cron job, a single handler is required: two handlers were specified",
+      );
+    }
+    handler = handlerOrOptions1;
+  } else if (typeof handler2 === "function") {
+    handler = handler2;
+    options = handlerOrOptions1;
+  } else {
+    throw new TypeError("Cannot create cron job: a handler is required");
+  }
+
+  const backoffSchedule = options?.backoffSchedule;
+  if (
+    backoffSchedule !== undefined &&
+    (!ArrayIsArray(backoffSchedule) ||
+      !ArrayPrototypeEvery(
+        backoffSchedule,
+        (ms: unknown) => typeof ms === "number" && NumberIsInteger(ms) && ms >= 0,
+      ))
+  ) {
+    throw new TypeError("Invalid backoff schedule");
+  }
+
+  const rid = op_cron_create(`${name}`, scheduleString, backoffSchedule);
+
+  const signal = options?.signal;
+  if (signal) {
+    const close = () => {
+      try {
+        core.close(rid);
+      } catch {
+        // Already closed.
+      }
+    };
+    if (signal.aborted) {
+      close();
+    } else {
+      signal.addEventListener("abort", close, { once: true });
+    }
+  }
+
+  return (async () => {
+    let success = true;
+    while (true) {
+      const run = await op_cron_next(rid, success);
+      if (run === false) {
+        break;
+      }
+      try {
+        await handler();
+        success = true;
+      } catch (error) {
+        console.error(`Exception in cron handler ${name}`, error);
+        success = false;
+      }
+    }
+  })();
+}
+
+internals.formatToCronSchedule = formatToCronSchedule;
+internals.parseScheduleToString = parseScheduleToString;
+defineDenoMember("cron", cron);
