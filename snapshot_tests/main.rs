@@ -2,4 +2,5 @@
 //! binary as a user runs it, and the library in-process.
 
 mod cli;
+mod cron;
 mod library;

@@ -30,7 +30,9 @@ impl Default for ExtensionOptions {
 }
 
 /// kiln's extensions, in order.
-pub fn all<C: cron::CronHandler + 'static>(options: ExtensionOptions<C>) -> Vec<deno_core::Extension> {
+pub fn all<C: cron::CronHandler + 'static>(
+  options: ExtensionOptions<C>,
+) -> Vec<deno_core::Extension> {
   vec![
     deno_webidl::deno_webidl::init(),
     deno_web::deno_web::init(

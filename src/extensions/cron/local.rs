@@ -254,3 +254,127 @@ async fn scheduler(shared: Weak<Shared>, wake: Rc<Notify>) {
     }
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn spec(name: &str, backoff: Option<Vec<u32>>) -> CronSpec {
+    CronSpec {
+      name: name.into(),
+      schedule: "* * * * *".into(),
+      backoff_schedule: backoff,
+    }
+  }
+
+  /// A paused-clock runtime: sleeps complete instantly and deterministically.
+  fn paused(f: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+      .enable_time()
+      .start_paused(true)
+      .build()
+      .unwrap()
+      .block_on(f);
+  }
+
+  async fn waited(handle: &LocalCronHandle, prev_success: bool) -> (bool, Duration) {
+    let start = Instant::now();
+    let run = handle.next(prev_success).await.unwrap();
+    (run, start.elapsed())
+  }
+
+  #[test]
+  fn default_backoff_then_back_to_the_schedule() {
+    paused(async {
+      let handler = LocalCronHandler::with_test_offset(Some(Duration::from_secs(3600)));
+      let job = handler.create(spec("j", None)).unwrap();
+      assert_eq!(waited(&job, true).await, (true, Duration::from_secs(3600)));
+      for ms in DEFAULT_BACKOFF_SCHEDULE {
+        assert_eq!(
+          waited(&job, false).await,
+          (true, Duration::from_millis(ms.into()))
+        );
+      }
+      // Retries exhausted: the schedule again, and a success resets the streak.
+      assert_eq!(waited(&job, false).await.1, Duration::from_secs(3600));
+      assert_eq!(waited(&job, true).await.1, Duration::from_secs(3600));
+      assert_eq!(waited(&job, false).await.1, Duration::from_millis(100));
+    });
+  }
+
+  #[test]
+  fn next_run_follows_the_real_schedule_without_the_hook() {
+    paused(async {
+      let handler = LocalCronHandler::with_test_offset(None);
+      let job = handler.create(spec("minutely", None)).unwrap();
+      let (run, waited) = waited(&job, true).await;
+      assert!(run);
+      assert!(waited <= Duration::from_secs(60), "{waited:?}");
+    });
+  }
+
+  #[test]
+  fn closing_resolves_a_pending_next_with_false_and_frees_the_name() {
+    paused(async {
+      let handler = LocalCronHandler::with_test_offset(Some(Duration::from_secs(10)));
+      let job = Rc::new(handler.create(spec("closing", None)).unwrap());
+      let pending = deno_core::unsync::spawn({
+        let job = job.clone();
+        async move { job.next(true).await }
+      });
+      tokio::task::yield_now().await;
+      job.close();
+      assert_eq!(pending.await.unwrap(), Ok(false));
+      assert_eq!(job.next(true).await, Ok(false));
+      assert_eq!(handler.live_jobs(), 0);
+      assert!(handler.create(spec("closing", None)).is_ok());
+    });
+  }
+
+  #[test]
+  fn names_are_unique_and_live_jobs_are_limited() {
+    paused(async {
+      let handler = LocalCronHandler::with_test_offset(None);
+      let jobs: Vec<_> = (0..MAX_CRONS)
+        .map(|i| handler.create(spec(&format!("job {i}"), None)).unwrap())
+        .collect();
+      assert_eq!(
+        handler.create(spec("job 0", None)).err(),
+        Some(CronError::AlreadyExists)
+      );
+      assert_eq!(
+        handler.create(spec("one more", None)).err(),
+        Some(CronError::TooManyCrons)
+      );
+      jobs[0].close();
+      assert!(handler.create(spec("one more", None)).is_ok());
+    });
+  }
+
+  #[test]
+  fn at_most_fifty_runs_are_in_flight() {
+    paused(async {
+      let handler = LocalCronHandler::with_test_offset(Some(Duration::from_millis(10)));
+      let jobs: Vec<_> = (0..MAX_CONCURRENT_RUNS + 1)
+        .map(|i| Rc::new(handler.create(spec(&format!("job {i}"), None)).unwrap()))
+        .collect();
+      let woken = Rc::new(Cell::new(0));
+      for job in &jobs {
+        let (job, woken) = (job.clone(), woken.clone());
+        deno_core::unsync::spawn(async move {
+          if job.next(true).await == Ok(true) {
+            woken.set(woken.get() + 1);
+          }
+        });
+      }
+      tokio::time::sleep(Duration::from_secs(1)).await;
+      // The 51st waits for a permit: nobody has asked for a next run yet.
+      assert_eq!(woken.get(), MAX_CONCURRENT_RUNS);
+      // One run finishing (asking for its next run) lets the last one in.
+      let first = jobs[0].clone();
+      deno_core::unsync::spawn(async move { first.next(true).await });
+      tokio::time::sleep(Duration::from_millis(1)).await;
+      assert_eq!(woken.get(), MAX_CONCURRENT_RUNS + 1);
+    });
+  }
+}

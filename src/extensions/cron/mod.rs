@@ -109,9 +109,67 @@ async fn op_cron_next<C: CronHandler + 'static>(
   prev_success: bool,
 ) -> Result<bool, CronError> {
   // A closed or unknown job has no next run.
-  let handle = match state.borrow().resource_table.get::<CronResource<C::Handle>>(rid) {
+  let handle = match state
+    .borrow()
+    .resource_table
+    .get::<CronResource<C::Handle>>(rid)
+  {
     Ok(resource) => resource.handle.clone(),
     Err(_) => return Ok(false),
   };
   handle.next(prev_success).await
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn spec(name: &str, schedule: &str, backoff: Option<Vec<u32>>) -> CronSpec {
+    CronSpec {
+      name: name.into(),
+      schedule: schedule.into(),
+      backoff_schedule: backoff,
+    }
+  }
+
+  #[test]
+  fn names() {
+    assert_eq!(validate(&spec("my job-1_x", "* * * * *", None)), Ok(()));
+    assert_eq!(validate(&spec(&"a".repeat(64), "* * * * *", None)), Ok(()));
+    assert_eq!(
+      validate(&spec(&"a".repeat(65), "* * * * *", None)),
+      Err(CronError::NameTooLong(65))
+    );
+    for bad in ["a/b", "a.b", "caf\u{e9}", "emoji\u{1f600}"] {
+      assert_eq!(
+        validate(&spec(bad, "* * * * *", None)),
+        Err(CronError::InvalidName),
+        "{bad}"
+      );
+    }
+  }
+
+  #[test]
+  fn backoff_schedules() {
+    let ok = |b: Vec<u32>| validate(&spec("n", "* * * * *", Some(b)));
+    assert_eq!(ok(vec![]), Ok(()));
+    assert_eq!(ok(vec![1, 2, 3, 4, MAX_BACKOFF_MS]), Ok(()));
+    assert_eq!(
+      ok(vec![1, 2, 3, 4, 5, 6]),
+      Err(CronError::InvalidBackoffSchedule)
+    );
+    assert_eq!(
+      ok(vec![MAX_BACKOFF_MS + 1]),
+      Err(CronError::InvalidBackoffSchedule)
+    );
+  }
+
+  #[test]
+  fn schedules() {
+    assert_eq!(
+      validate(&spec("n", "0 0 31 FEB *", None)),
+      Err(CronError::InvalidSchedule)
+    );
+    assert_eq!(validate(&spec("n", "0 0 29 FEB *", None)), Ok(()));
+  }
 }

@@ -70,7 +70,10 @@ impl CronSchedule {
       }
     };
     // The crate searches a bounded range of years, so this cannot hang.
-    if schedule.next_after(&DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default()).is_none() {
+    if schedule
+      .next_after(&DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default())
+      .is_none()
+    {
       return Err(CronError::InvalidSchedule);
     }
     Ok(schedule)
@@ -116,8 +119,14 @@ mod tests {
     assert_eq!(next("*/15 * * * *", t), at(2026, 1, 1, 0, 15));
     assert_eq!(next("5,10 * * * *", t), at(2026, 1, 1, 0, 5));
     assert_eq!(next("0 9-17 * * *", t), at(2026, 1, 1, 9, 0));
-    assert_eq!(next("0 1-10/3 * * *", at(2026, 1, 1, 1, 0)), at(2026, 1, 1, 4, 0));
-    assert_eq!(next("10/20 * * * *", at(2026, 1, 1, 0, 11)), at(2026, 1, 1, 0, 30));
+    assert_eq!(
+      next("0 1-10/3 * * *", at(2026, 1, 1, 1, 0)),
+      at(2026, 1, 1, 4, 0)
+    );
+    assert_eq!(
+      next("10/20 * * * *", at(2026, 1, 1, 0, 11)),
+      at(2026, 1, 1, 0, 30)
+    );
   }
 
   #[test]
@@ -144,7 +153,10 @@ mod tests {
     let t = at(2026, 1, 1, 0, 0);
     assert_eq!(next("0 0 15 * MON", t), at(2026, 1, 5, 0, 0));
     // After the last Monday before the 15th, the 15th (a Thursday) wins.
-    assert_eq!(next("0 0 15 * MON", at(2026, 1, 12, 0, 0)), at(2026, 1, 15, 0, 0));
+    assert_eq!(
+      next("0 0 15 * MON", at(2026, 1, 12, 0, 0)),
+      at(2026, 1, 15, 0, 0)
+    );
     // One day field unrestricted: plain AND.
     assert_eq!(next("0 0 15 * *", t), at(2026, 1, 15, 0, 0));
     assert_eq!(next("0 0 */2 * MON", t), at(2026, 1, 5, 0, 0));
@@ -152,8 +164,14 @@ mod tests {
 
   #[test]
   fn leap_years() {
-    assert_eq!(next("0 0 29 FEB *", at(2026, 1, 1, 0, 0)), at(2028, 2, 29, 0, 0));
-    assert_eq!(next("0 12 28-29 2 *", at(2027, 2, 28, 12, 0)), at(2028, 2, 28, 12, 0));
+    assert_eq!(
+      next("0 0 29 FEB *", at(2026, 1, 1, 0, 0)),
+      at(2028, 2, 29, 0, 0)
+    );
+    assert_eq!(
+      next("0 12 28-29 2 *", at(2027, 2, 28, 12, 0)),
+      at(2028, 2, 28, 12, 0)
+    );
   }
 
   #[test]
