@@ -78,7 +78,15 @@ pub fn expected_manifest() -> Manifest {
 impl Runtime {
   /// Thaws a runtime from the embedded snapshot and bootstraps it.
   pub fn new(options: RuntimeOptions) -> Result<Self, Error> {
-    let snapshot = load::embedded(expected_manifest)?;
+    Self::from_snapshot(load::embedded(expected_manifest)?, options)
+  }
+
+  /// Creates a runtime from raw (already checked and decompressed) snapshot
+  /// bytes baked from `extensions::all()`. Prefer [`Runtime::new`]; this is
+  /// for embedders that manage snapshot bytes themselves. Bytes baked for
+  /// another extension list are undefined behaviour in V8: check them with
+  /// [`load::thaw`] first.
+  pub fn from_snapshot(snapshot: &'static [u8], options: RuntimeOptions) -> Result<Self, Error> {
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig { args: options.args },
       cron: extensions::LocalCronHandler::default(),

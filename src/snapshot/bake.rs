@@ -224,7 +224,7 @@ fn lazy_files(extensions: &[deno_core::Extension]) -> Vec<(deno_core::ExtensionF
 
 /// deno_core's extension transpiler: TypeScript glue through deno_ast, all
 /// else untouched. Baked code must be 7-bit ASCII.
-fn transpile_extension_source(
+pub fn transpile_extension_source(
   specifier: ModuleName,
   code: ModuleCodeString,
 ) -> Result<(ModuleCodeString, Option<SourceMapData>), JsErrorBox> {

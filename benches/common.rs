@@ -1,0 +1,83 @@
+//! Helpers shared by the benches.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use deno_core::Extension;
+use deno_core::ExtensionFileSource;
+use deno_core::FastStaticString;
+use deno_core::JsRuntime;
+use deno_core::OpDecl;
+use deno_core::op2;
+
+/// A current-thread tokio runtime: every JsRuntime is created inside one.
+pub fn tokio() -> tokio::runtime::Runtime {
+  tokio::runtime::Builder::new_current_thread()
+    .enable_all()
+    .build()
+    .expect("tokio runtime")
+}
+
+/// Runs `1+1`: the definition of "a runtime that works".
+pub fn one_plus_one(js: &mut JsRuntime) {
+  let v = js.execute_script("bench", "1+1").expect("1+1");
+  std::hint::black_box(v);
+}
+
+#[op2(fast)]
+fn op_scale_template(x: u32) -> u32 {
+  x.wrapping_add(1)
+}
+
+fn leak(s: String) -> &'static str {
+  Box::leak(s.into_boxed_str())
+}
+
+thread_local! {
+  /// Op declarations and JS per op count, built once (their names are leaked).
+  static SCALED: std::cell::RefCell<std::collections::HashMap<usize, (Vec<OpDecl>, Arc<str>)>> =
+    Default::default();
+}
+
+/// An extension with `ops` ops (copies of one op under distinct names) and
+/// one JS function per op, so extension JS grows with the op count.
+pub fn scaled_extension(ops: usize) -> Extension {
+  let (decls, js) = SCALED.with(|cache| {
+    cache
+      .borrow_mut()
+      .entry(ops)
+      .or_insert_with(|| build_scaled(ops))
+      .clone()
+  });
+  let specifier = "ext:bench_scale/scale.js";
+  Extension {
+    name: "bench_scale",
+    ops: decls.into(),
+    esm_files: vec![ExtensionFileSource::new_computed(specifier, js)].into(),
+    esm_entry_point: Some(specifier),
+    ..Default::default()
+  }
+}
+
+fn build_scaled(ops: usize) -> (Vec<OpDecl>, Arc<str>) {
+  let template = op_scale_template();
+  let decls = (0..ops)
+    .map(|i| {
+      let name = leak(format!("op_scale_{i}"));
+      let fast: &'static deno_core::v8::OneByteConst = Box::leak(Box::new(
+        deno_core::v8::String::create_external_onebyte_const(name.as_bytes()),
+      ));
+      let mut decl = template;
+      decl.name = name;
+      decl.name_fast = FastStaticString::new(fast);
+      decl
+    })
+    .collect();
+  let mut js = String::from("import * as ops from \"ext:core/ops\";\n");
+  for i in 0..ops {
+    js.push_str(&format!(
+      "globalThis.scale_{i} = function scale_{i}(x) {{ return ops.op_scale_{i}(x) + {i}; }};\n"
+    ));
+  }
+  (decls, Arc::from(js))
+}
