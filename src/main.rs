@@ -40,6 +40,10 @@ enum SnapshotCommand {
 
 fn main() -> ExitCode {
   let cli = Cli::parse();
+  if matches!(cli.command, Command::Run { .. }) {
+    // Decompress the snapshot while the rest of start-up happens.
+    kiln::runtime::prefetch_snapshot();
+  }
   let result = match cli.command {
     Command::Run { file, args } => run(file, args),
     Command::Snapshot {

@@ -75,9 +75,20 @@ pub fn expected_manifest() -> Manifest {
   Manifest::new(load::TARGET, &extensions::all(ExtensionOptions::default()))
 }
 
+/// Starts thawing the embedded snapshot in the background; call it as early
+/// as possible in `main` to hide the decompression behind process start-up.
+/// [`Runtime::new`] calls it too.
+pub fn prefetch_snapshot() {
+  load::prefetch_embedded(expected_manifest);
+}
+
 impl Runtime {
   /// Thaws a runtime from the embedded snapshot and bootstraps it.
   pub fn new(options: RuntimeOptions) -> Result<Self, Error> {
+    // Decompression (first runtime of the process only) runs on a thread
+    // while V8's platform starts here.
+    prefetch_snapshot();
+    JsRuntime::init_platform(None);
     Self::from_snapshot(load::embedded(expected_manifest)?, options)
   }
 

@@ -298,27 +298,35 @@ impl<'a> SnapshotContainer<'a> {
 
   /// Decompresses the payload, verifying zstd's checksum and the raw length.
   pub fn decompress(&self) -> Result<Vec<u8>, ContainerError> {
-    let mut out = Vec::with_capacity(self.raw_len as usize);
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(self.payload)
-      .map_err(|e| ContainerError::CorruptPayload(e.to_string()))?
-      .single_frame();
-    match std::io::copy(&mut decoder, &mut out) {
-      Ok(_) => {}
-      Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-        return Err(ContainerError::PayloadTruncated {
-          actual: out.len() as u64,
-          expected: self.raw_len,
-        });
-      }
-      Err(e) => return Err(ContainerError::CorruptPayload(e.to_string())),
-    }
-    if out.len() as u64 != self.raw_len {
-      return Err(ContainerError::PayloadTruncated {
+    // One-shot into a buffer of the known size: the fast path.
+    match zstd::bulk::decompress(self.payload, self.raw_len as usize) {
+      Ok(out) if out.len() as u64 == self.raw_len => Ok(out),
+      Ok(out) => Err(ContainerError::PayloadTruncated {
         actual: out.len() as u64,
         expected: self.raw_len,
-      });
+      }),
+      Err(_) => Err(self.diagnose_failure()),
     }
-    Ok(out)
+  }
+
+  /// Streams the payload to tell a truncated frame from a corrupt one (error
+  /// path only).
+  fn diagnose_failure(&self) -> ContainerError {
+    let mut out = Vec::with_capacity(self.raw_len as usize);
+    let decoder = zstd::stream::read::Decoder::with_buffer(self.payload);
+    let result = decoder.and_then(|d| std::io::copy(&mut d.single_frame(), &mut out));
+    match result {
+      Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ContainerError::PayloadTruncated {
+        actual: out.len() as u64,
+        expected: self.raw_len,
+      },
+      Err(e) => ContainerError::CorruptPayload(e.to_string()),
+      Ok(_) if (out.len() as u64) < self.raw_len => ContainerError::PayloadTruncated {
+        actual: out.len() as u64,
+        expected: self.raw_len,
+      },
+      Ok(_) => ContainerError::CorruptPayload("frame larger than the header says".into()),
+    }
   }
 }
 

@@ -28,6 +28,21 @@ pub fn thaw(bytes: &[u8], expected: &Manifest) -> Result<Vec<u8>, ContainerError
   container.decompress()
 }
 
+/// Starts checking and decompressing the embedded snapshot on a background
+/// thread, so the work overlaps V8 platform start-up. Only the first call
+/// does anything; [`embedded`] waits for the result.
+pub fn prefetch_embedded(expected: fn() -> Manifest) {
+  static STARTED: std::sync::Once = std::sync::Once::new();
+  STARTED.call_once(|| {
+    // If no thread can be spawned, `embedded` does the work itself.
+    let _ = std::thread::Builder::new()
+      .name("kiln-snapshot".into())
+      .spawn(move || {
+        let _ = embedded(expected);
+      });
+  });
+}
+
 /// The embedded snapshot, checked and decompressed on first use and shared by
 /// every runtime in the process. `expected` is only consulted on first use;
 /// the embedded extension list is fixed for the process.
