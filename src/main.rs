@@ -64,8 +64,14 @@ fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
     .enable_all()
     .build()
     .map_err(|e| kiln::Error::Init(format!("cannot start tokio: {e}")))?;
-  tokio.block_on(async move {
+  let (runtime, result) = tokio.block_on(async move {
     let mut runtime = kiln::Runtime::new(kiln::RuntimeOptions { args })?;
-    runtime.run_main_module(&file).await
-  })
+    let result = runtime.run_main_module(&file).await;
+    Ok::<_, kiln::Error>((runtime, result))
+  })?;
+  // The process is about to exit: tearing the isolate and the tokio runtime
+  // down would only delay that (by about a millisecond).
+  std::mem::forget(runtime);
+  std::mem::forget(tokio);
+  result
 }
