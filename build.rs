@@ -26,25 +26,19 @@ fn main() {
   std::println!("cargo:rerun-if-changed=build.rs");
   std::println!("cargo:rerun-if-changed=ext_js");
 
-  let baked = match bake::bake(
-    extensions::all(extensions::ExtensionOptions::default()),
-    &target,
-    env!("CARGO_MANIFEST_DIR"),
-    bake::DEFAULT_COMPRESSION_LEVEL,
-  ) {
+  let baked = match bake::Baker::new(&out_dir)
+    .extensions(extensions::all(extensions::ExtensionOptions::default()))
+    .target(&target)
+    .cargo_manifest_dir(env!("CARGO_MANIFEST_DIR"))
+    .bake()
+  {
     Ok(baked) => baked,
     Err(e) => {
       build_print::error!("kiln bake failed: {e}");
       std::process::exit(1);
     }
   };
-  if let Err(e) = baked.write_to(&out_dir) {
-    build_print::error!("kiln bake failed: {e}");
-    std::process::exit(1);
-  }
-  for file in &baked.files_loaded {
-    std::println!("cargo:rerun-if-changed={}", file.display());
-  }
+  baked.emit_rerun_if_changed();
   build_print::info!(
     "kiln snapshot: {} extensions, {} ops, {} KiB raw -> {} KiB zstd ({:.1}%), {} residual sources, baked in {:.2?}",
     baked.manifest.extensions.len(),

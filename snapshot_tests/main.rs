@@ -3,4 +3,5 @@
 
 mod cli;
 mod cron;
+mod embed;
 mod library;

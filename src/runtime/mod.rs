@@ -11,6 +11,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use deno_core::Extension;
 use deno_core::JsRuntime;
 use deno_core::ModuleSpecifier;
 use deno_core::PollEventLoopOptions;
@@ -75,6 +76,87 @@ pub fn expected_manifest() -> Manifest {
   Manifest::new(load::TARGET, &extensions::all(ExtensionOptions::default()))
 }
 
+/// Residual lazy sources (JS, ESM) of a bake: the `RESIDUAL_LAZY_JS` and
+/// `RESIDUAL_LAZY_ESM` tables of its generated `kiln_residual.rs`.
+pub type ResidualSources = (
+  &'static [(&'static str, &'static str)],
+  &'static [(&'static str, &'static str)],
+);
+
+/// Builds a [`Runtime`] from an embedder's snapshot container (baked with
+/// [`crate::snapshot::bake::Baker`] from `extensions::all()` plus the
+/// embedder's extensions, in the same order as given here).
+///
+/// ```ignore
+/// mod baked { include!(concat!(env!("OUT_DIR"), "/kiln_residual.rs")); }
+/// let runtime = kiln::Runtime::builder()
+///   .snapshot(include_bytes!(concat!(env!("OUT_DIR"), "/kiln.snap")))
+///   .residual_sources(baked::RESIDUAL_LAZY_JS, baked::RESIDUAL_LAZY_ESM)
+///   .extension(my_ext::init())
+///   .build()?;
+/// ```
+#[derive(Default)]
+pub struct RuntimeBuilder {
+  container: Option<&'static [u8]>,
+  residual: Option<ResidualSources>,
+  extensions: Vec<Extension>,
+  options: RuntimeOptions,
+}
+
+impl RuntimeBuilder {
+  /// The snapshot container (default: the one embedded in kiln).
+  pub fn snapshot(mut self, container: &'static [u8]) -> Self {
+    self.container = Some(container);
+    self
+  }
+
+  /// The residual lazy sources of the same bake as the snapshot.
+  pub fn residual_sources(
+    mut self,
+    js: &'static [(&'static str, &'static str)],
+    esm: &'static [(&'static str, &'static str)],
+  ) -> Self {
+    self.residual = Some((js, esm));
+    self
+  }
+
+  /// An extension baked after kiln's (and any added before it).
+  pub fn extension(mut self, extension: Extension) -> Self {
+    self.extensions.push(extension);
+    self
+  }
+
+  /// Run-time options (`Deno.args`).
+  pub fn options(mut self, options: RuntimeOptions) -> Self {
+    self.options = options;
+    self
+  }
+
+  /// Checks the container against kiln's extensions plus the ones given here
+  /// (a mismatch is [`ContainerError::FingerprintMismatch`]), thaws it (once
+  /// per process and container) and creates the runtime.
+  pub fn build(self) -> Result<Runtime, Error> {
+    let Some(container) = self.container.or_else(|| {
+      // kiln's own snapshot holds only kiln's extensions.
+      (!self.extensions.is_empty()).then_some(load::EMBEDDED_SNAPSHOT)
+    }) else {
+      return Runtime::new(self.options);
+    };
+    let raw = load::thaw_cached(container, &manifest_with(&self.extensions))?;
+    let residual = self.residual.unwrap_or((&[], &[]));
+    Runtime::create(raw, residual, self.options, self.extensions)
+  }
+}
+
+/// The manifest of kiln's extensions followed by `extra`.
+fn manifest_with(extra: &[Extension]) -> Manifest {
+  let mut manifest = expected_manifest();
+  manifest
+    .extensions
+    .extend(Manifest::new(load::TARGET, extra).extensions);
+  manifest
+}
+
 /// Starts thawing the embedded snapshot in the background; call it as early
 /// as possible in `main` to hide the decompression behind process start-up.
 /// [`Runtime::new`] calls it too.
@@ -98,16 +180,38 @@ impl Runtime {
   /// another extension list are undefined behaviour in V8: check them with
   /// [`load::thaw`] first.
   pub fn from_snapshot(snapshot: &'static [u8], options: RuntimeOptions) -> Result<Self, Error> {
+    Self::create(
+      snapshot,
+      (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM),
+      options,
+      Vec::new(),
+    )
+  }
+
+  /// A builder for runtimes thawed from an embedder's own snapshot, with
+  /// extensions baked next to kiln's.
+  pub fn builder() -> RuntimeBuilder {
+    RuntimeBuilder::default()
+  }
+
+  fn create(
+    snapshot: &'static [u8],
+    residual: ResidualSources,
+    options: RuntimeOptions,
+    extra_extensions: Vec<Extension>,
+  ) -> Result<Self, Error> {
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig { args: options.args },
       cron: extensions::LocalCronHandler::default(),
     };
+    let mut all = extensions::all(ext_options);
+    all.extend(extra_extensions);
     let mut js = JsRuntime::try_new(deno_core::RuntimeOptions {
       startup_snapshot: Some(snapshot),
-      extensions: extensions::all(ext_options),
+      extensions: all,
       module_loader: Some(Rc::new(FsModuleLoader::default())),
-      residual_lazy_js_sources: load::RESIDUAL_LAZY_JS,
-      residual_lazy_esm_sources: load::RESIDUAL_LAZY_ESM,
+      residual_lazy_js_sources: residual.0,
+      residual_lazy_esm_sources: residual.1,
       ..Default::default()
     })
     .map_err(|e| Error::Init(e.to_string()))?;

@@ -45,6 +45,8 @@ pub enum BakeError {
   ReadLazySource { specifier: String, reason: String },
   #[error("cannot compress the snapshot: {0}")]
   Compress(std::io::Error),
+  #[error("{0} is not set (bake from a build script, or set it explicitly)")]
+  MissingEnv(&'static str),
   #[error("cannot write {path}: {source}")]
   Write {
     path: PathBuf,
@@ -78,6 +80,14 @@ pub struct Baked {
 impl Baked {
   pub fn compressed_len(&self) -> usize {
     self.container.len()
+  }
+
+  /// Prints `cargo:rerun-if-changed` for every file that went into the
+  /// snapshot (build scripts only).
+  pub fn emit_rerun_if_changed(&self) {
+    for file in &self.files_loaded {
+      std::println!("cargo:rerun-if-changed={}", file.display());
+    }
   }
 
   /// Writes `kiln.snap` and the residual-source table into `out_dir`.
@@ -117,6 +127,97 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), BakeError> {
     path: path.to_path_buf(),
     source,
   })
+}
+
+/// The baking API for build scripts: kiln's own `build.rs` uses it, and so can
+/// any crate that has kiln as a build-dependency and bakes its own extensions
+/// next to kiln's.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), kiln::snapshot::bake::BakeError> {
+/// let out_dir = std::env::var("OUT_DIR").unwrap();
+/// let baked = kiln::snapshot::bake::Baker::new(out_dir)
+///   .extensions(kiln::extensions::all(Default::default()))
+///   // .extension(my_ext::init(..))
+///   .bake()?;
+/// baked.emit_rerun_if_changed();
+/// # Ok(()) }
+/// ```
+pub struct Baker {
+  out_dir: PathBuf,
+  extensions: Vec<deno_core::Extension>,
+  target: Option<String>,
+  cargo_manifest_dir: Option<&'static str>,
+  compression_level: i32,
+}
+
+impl Baker {
+  /// A bake that writes `kiln.snap` and `kiln_residual.rs` into `out_dir`.
+  pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+    Baker {
+      out_dir: out_dir.into(),
+      extensions: Vec::new(),
+      target: None,
+      cargo_manifest_dir: None,
+      compression_level: DEFAULT_COMPRESSION_LEVEL,
+    }
+  }
+
+  /// Appends extensions, in order (the runtime must list the same ones).
+  pub fn extensions(mut self, extensions: Vec<deno_core::Extension>) -> Self {
+    self.extensions.extend(extensions);
+    self
+  }
+
+  /// Appends one extension.
+  pub fn extension(mut self, extension: deno_core::Extension) -> Self {
+    self.extensions.push(extension);
+    self
+  }
+
+  /// The zstd level (default [`DEFAULT_COMPRESSION_LEVEL`]).
+  pub fn compression(mut self, level: i32) -> Self {
+    self.compression_level = level;
+    self
+  }
+
+  /// The target triple the snapshot is for (default: `$TARGET`, which cargo
+  /// sets for build scripts).
+  pub fn target(mut self, target: impl Into<String>) -> Self {
+    self.target = Some(target.into());
+    self
+  }
+
+  /// The directory deno_core resolves extension sources against (default:
+  /// `$CARGO_MANIFEST_DIR` of the build script, leaked once).
+  pub fn cargo_manifest_dir(mut self, dir: &'static str) -> Self {
+    self.cargo_manifest_dir = Some(dir);
+    self
+  }
+
+  /// Bakes and writes the outputs.
+  pub fn bake(self) -> Result<Baked, BakeError> {
+    let target = self
+      .target
+      .or_else(|| std::env::var("TARGET").ok())
+      .ok_or(BakeError::MissingEnv("TARGET"))?;
+    let manifest_dir = match self.cargo_manifest_dir {
+      Some(dir) => dir,
+      None => {
+        let dir = std::env::var("CARGO_MANIFEST_DIR")
+          .map_err(|_| BakeError::MissingEnv("CARGO_MANIFEST_DIR"))?;
+        Box::leak(dir.into_boxed_str())
+      }
+    };
+    let baked = bake(
+      self.extensions,
+      &target,
+      manifest_dir,
+      self.compression_level,
+    )?;
+    baked.write_to(&self.out_dir)?;
+    Ok(baked)
+  }
 }
 
 /// Bakes `extensions` into a snapshot container for `target`.

@@ -53,3 +53,24 @@ pub fn embedded(expected: impl FnOnce() -> Manifest) -> Result<&'static [u8], Co
     .as_deref()
     .map_err(Clone::clone)
 }
+
+/// [`thaw`] for `'static` containers other than the embedded one, once per
+/// process per (container, expected manifest); the bytes live for the process.
+pub fn thaw_cached(
+  container: &'static [u8],
+  expected: &Manifest,
+) -> Result<&'static [u8], ContainerError> {
+  type Cache = std::sync::Mutex<std::collections::HashMap<(usize, [u8; 32]), &'static [u8]>>;
+  static CACHE: OnceLock<Cache> = OnceLock::new();
+  let key = (container.as_ptr() as usize, expected.fingerprint());
+  let cache = CACHE.get_or_init(Default::default);
+  if let Some(raw) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    return Ok(raw);
+  }
+  let raw: &'static [u8] = Box::leak(thaw(container, expected)?.into_boxed_slice());
+  cache
+    .lock()
+    .unwrap_or_else(|p| p.into_inner())
+    .insert(key, raw);
+  Ok(raw)
+}
