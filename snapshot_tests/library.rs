@@ -93,3 +93,82 @@ fn corrupt_embedded_bytes_give_errors_not_panics() {
     Err(ContainerError::PayloadTruncated { .. } | ContainerError::CorruptPayload(_))
   ));
 }
+
+/// A cron backend that runs every job exactly once, immediately.
+#[derive(Default, Clone)]
+struct RunOnceHandler {
+  created: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+}
+
+struct RunOnceHandle {
+  ran: std::cell::Cell<bool>,
+}
+
+impl kiln::extensions::cron::CronHandler for RunOnceHandler {
+  type Handle = RunOnceHandle;
+  fn create(
+    &self,
+    spec: kiln::extensions::cron::CronSpec,
+  ) -> Result<RunOnceHandle, kiln::extensions::cron::CronError> {
+    self
+      .created
+      .borrow_mut()
+      .push(format!("{} @ {}", spec.name, spec.schedule));
+    Ok(RunOnceHandle {
+      ran: std::cell::Cell::new(false),
+    })
+  }
+}
+
+impl kiln::extensions::cron::CronHandle for RunOnceHandle {
+  async fn next(&self, _prev_success: bool) -> Result<bool, kiln::extensions::cron::CronError> {
+    Ok(!self.ran.replace(true))
+  }
+  fn close(&self) {}
+}
+
+#[test]
+fn a_cron_backend_is_run_time_configuration() {
+  with_tokio(async {
+    let handler = RunOnceHandler::default();
+    let mut rt = kiln::Runtime::builder()
+      .cron_handler(handler.clone())
+      .build()
+      .unwrap();
+    rt.execute_script("Deno.cron('backend test', '0 0 1 1 *', () => { globalThis.ran = (globalThis.ran ?? 0) + 1; })")
+      .unwrap();
+    rt.run_event_loop().await.unwrap();
+    assert_eq!(rt.execute_script("globalThis.ran").unwrap(), "1");
+    assert_eq!(
+      *handler.created.borrow(),
+      vec!["backend test @ 0 0 1 1 *".to_string()]
+    );
+  });
+}
+
+#[test]
+fn a_runtime_with_extensions_that_were_not_baked_is_refused() {
+  with_tokio(async {
+    let extra = deno_core::Extension {
+      name: "not_baked",
+      ..Default::default()
+    };
+    let err = match kiln::Runtime::builder().extension(extra).build() {
+      Ok(_) => panic!("a runtime with an unbaked extension must be refused"),
+      Err(e) => e,
+    };
+    assert!(
+      matches!(
+        err,
+        kiln::Error::Snapshot(ContainerError::FingerprintMismatch { .. })
+      ),
+      "{err}"
+    );
+    assert!(
+      err
+        .to_string()
+        .contains("first difference: 4 extensions vs 5"),
+      "{err}"
+    );
+  });
+}

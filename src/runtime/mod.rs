@@ -21,6 +21,8 @@ pub use loader::FsModuleLoader;
 
 use crate::extensions;
 use crate::extensions::ExtensionOptions;
+use crate::extensions::LocalCronHandler;
+use crate::extensions::cron::CronHandler;
 use crate::extensions::runtime::ExitRequest;
 use crate::extensions::runtime::TerminationHandle;
 use crate::snapshot::container::ContainerError;
@@ -95,15 +97,39 @@ pub type ResidualSources = (
 ///   .extension(my_ext::init())
 ///   .build()?;
 /// ```
-#[derive(Default)]
-pub struct RuntimeBuilder {
+pub struct RuntimeBuilder<C: CronHandler = LocalCronHandler> {
   container: Option<&'static [u8]>,
   residual: Option<ResidualSources>,
   extensions: Vec<Extension>,
   options: RuntimeOptions,
+  cron: C,
 }
 
-impl RuntimeBuilder {
+impl Default for RuntimeBuilder {
+  fn default() -> Self {
+    RuntimeBuilder {
+      container: None,
+      residual: None,
+      extensions: Vec::new(),
+      options: RuntimeOptions::default(),
+      cron: LocalCronHandler::default(),
+    }
+  }
+}
+
+impl<C: CronHandler + 'static> RuntimeBuilder<C> {
+  /// The `Deno.cron` backend (default: [`LocalCronHandler`]). Run-time
+  /// configuration: any handler works with the same snapshot.
+  pub fn cron_handler<D: CronHandler + 'static>(self, handler: D) -> RuntimeBuilder<D> {
+    RuntimeBuilder {
+      container: self.container,
+      residual: self.residual,
+      extensions: self.extensions,
+      options: self.options,
+      cron: handler,
+    }
+  }
+
   /// The snapshot container (default: the one embedded in kiln).
   pub fn snapshot(mut self, container: &'static [u8]) -> Self {
     self.container = Some(container);
@@ -140,11 +166,14 @@ impl RuntimeBuilder {
       // kiln's own snapshot holds only kiln's extensions.
       (!self.extensions.is_empty()).then_some(load::EMBEDDED_SNAPSHOT)
     }) else {
-      return Runtime::new(self.options);
+      prefetch_snapshot();
+      let raw = load::embedded(expected_manifest)?;
+      let residual = (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM);
+      return Runtime::create(raw, residual, self.options, self.cron, self.extensions);
     };
     let raw = load::thaw_cached(container, &manifest_with(&self.extensions))?;
     let residual = self.residual.unwrap_or((&[], &[]));
-    Runtime::create(raw, residual, self.options, self.extensions)
+    Runtime::create(raw, residual, self.options, self.cron, self.extensions)
   }
 }
 
@@ -184,6 +213,7 @@ impl Runtime {
       snapshot,
       (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM),
       options,
+      LocalCronHandler::default(),
       Vec::new(),
     )
   }
@@ -194,15 +224,16 @@ impl Runtime {
     RuntimeBuilder::default()
   }
 
-  fn create(
+  fn create<C: CronHandler + 'static>(
     snapshot: &'static [u8],
     residual: ResidualSources,
     options: RuntimeOptions,
+    cron: C,
     extra_extensions: Vec<Extension>,
   ) -> Result<Self, Error> {
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig { args: options.args },
-      cron: extensions::LocalCronHandler::default(),
+      cron,
     };
     let mut all = extensions::all(ext_options);
     all.extend(extra_extensions);
