@@ -33,10 +33,12 @@ fn leak(s: String) -> &'static str {
   Box::leak(s.into_boxed_str())
 }
 
+/// Op declarations and the JS source of a scaled extension.
+type Scaled = (Vec<OpDecl>, Arc<str>);
+
 thread_local! {
-  /// Op declarations and JS per op count, built once (their names are leaked).
-  static SCALED: std::cell::RefCell<std::collections::HashMap<usize, (Vec<OpDecl>, Arc<str>)>> =
-    Default::default();
+  /// Built once per op count (their names are leaked).
+  static SCALED: std::cell::RefCell<std::collections::HashMap<usize, Scaled>> = Default::default();
 }
 
 /// An extension with `ops` ops (copies of one op under distinct names) and
@@ -59,7 +61,7 @@ pub fn scaled_extension(ops: usize) -> Extension {
   }
 }
 
-fn build_scaled(ops: usize) -> (Vec<OpDecl>, Arc<str>) {
+fn build_scaled(ops: usize) -> Scaled {
   let template = op_scale_template();
   let decls = (0..ops)
     .map(|i| {
