@@ -244,6 +244,7 @@ fn relocated_binary_runs_without_the_source_tree() {
         chunks.join(""), fired, btoa("kiln"), typeof performance.now(), new Blob(["xy"]).size);
     "#,
   );
+  let _tree = crate::lock_source_tree();
   let ext_js = repo("ext_js");
   let hidden = repo("ext_js.hidden-by-relocation-test");
   std::fs::rename(&ext_js, &hidden).unwrap();

@@ -21,6 +21,7 @@ fn example_target_dir() -> PathBuf {
 
 #[test]
 fn embed_example_bakes_and_runs_its_own_extension() {
+  let _tree = crate::lock_source_tree();
   let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed/Cargo.toml");
   let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
   let out = Command::new(cargo)
@@ -48,6 +49,7 @@ fn embed_example_bakes_and_runs_its_own_extension() {
 fn bake_api_reports_the_example_ts_for_rerun_if_changed() {
   // The example's own build output lists its glue among the files that went
   // into the snapshot; the build script prints them as rerun-if-changed.
+  let _tree = crate::lock_source_tree();
   let dir = example_target_dir();
   let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed/Cargo.toml");
   let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

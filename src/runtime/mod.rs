@@ -89,13 +89,18 @@ pub type ResidualSources = (
 /// [`crate::snapshot::bake::Baker`] from `extensions::all()` plus the
 /// embedder's extensions, in the same order as given here).
 ///
-/// ```ignore
-/// mod baked { include!(concat!(env!("OUT_DIR"), "/kiln_residual.rs")); }
+/// An embedder passes the container and residual table its own `build.rs`
+/// wrote into `OUT_DIR` (see `examples/embed/`); with kiln's embedded ones:
+///
+/// ```no_run
+/// # fn demo() -> Result<(), kiln::Error> {
+/// use kiln::snapshot::load;
 /// let runtime = kiln::Runtime::builder()
-///   .snapshot(include_bytes!(concat!(env!("OUT_DIR"), "/kiln.snap")))
-///   .residual_sources(baked::RESIDUAL_LAZY_JS, baked::RESIDUAL_LAZY_ESM)
-///   .extension(my_ext::init())
+///   .snapshot(load::EMBEDDED_SNAPSHOT)
+///   .residual_sources(load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM)
+///   // .extension(my_ext::init(..)) for extensions baked after kiln's
 ///   .build()?;
+/// # let _ = runtime; Ok(()) }
 /// ```
 pub struct RuntimeBuilder<C: CronHandler = LocalCronHandler> {
   container: Option<&'static [u8]>,
