@@ -167,20 +167,28 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
   /// (a mismatch is [`ContainerError::FingerprintMismatch`]), thaws it (once
   /// per process and container) and creates the runtime.
   pub fn build(self) -> Result<Runtime, Error> {
-    let Some(container) = self.container.or_else(|| {
-      // kiln's own snapshot holds only kiln's extensions.
-      (!self.extensions.is_empty()).then_some(load::EMBEDDED_SNAPSHOT)
-    }) else {
-      prefetch_snapshot();
-      let raw = load::embedded(expected_manifest)?;
-      let residual = (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM);
-      return Runtime::create(raw, residual, self.options, self.cron, self.extensions);
+    let (raw, residual) = match self.container {
+      None if self.extensions.is_empty() => {
+        // Decompression (first runtime of the process only) runs on a thread
+        // while V8's platform starts here.
+        prefetch_snapshot();
+        JsRuntime::init_platform(None);
+        (load::embedded(expected_manifest)?, EMBEDDED_RESIDUAL)
+      }
+      container => {
+        // kiln's own snapshot holds only kiln's extensions, so extra ones
+        // without a container of their own are a fingerprint mismatch.
+        let container = container.unwrap_or(load::EMBEDDED_SNAPSHOT);
+        let raw = load::thaw_cached(container, &manifest_with(&self.extensions))?;
+        (raw, self.residual.unwrap_or((&[], &[])))
+      }
     };
-    let raw = load::thaw_cached(container, &manifest_with(&self.extensions))?;
-    let residual = self.residual.unwrap_or((&[], &[]));
     Runtime::create(raw, residual, self.options, self.cron, self.extensions)
   }
 }
+
+/// The residual sources that belong to kiln's embedded snapshot.
+const EMBEDDED_RESIDUAL: ResidualSources = (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM);
 
 /// The manifest of kiln's extensions followed by `extra`.
 fn manifest_with(extra: &[Extension]) -> Manifest {
@@ -201,11 +209,7 @@ pub fn prefetch_snapshot() {
 impl Runtime {
   /// Thaws a runtime from the embedded snapshot and bootstraps it.
   pub fn new(options: RuntimeOptions) -> Result<Self, Error> {
-    // Decompression (first runtime of the process only) runs on a thread
-    // while V8's platform starts here.
-    prefetch_snapshot();
-    JsRuntime::init_platform(None);
-    Self::from_snapshot(load::embedded(expected_manifest)?, options)
+    Self::builder().options(options).build()
   }
 
   /// Creates a runtime from raw (already checked and decompressed) snapshot
@@ -216,7 +220,7 @@ impl Runtime {
   pub fn from_snapshot(snapshot: &'static [u8], options: RuntimeOptions) -> Result<Self, Error> {
     Self::create(
       snapshot,
-      (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM),
+      EMBEDDED_RESIDUAL,
       options,
       LocalCronHandler::default(),
       Vec::new(),

@@ -223,8 +223,9 @@ impl Baker {
 /// Bakes `extensions` into a snapshot container for `target`.
 ///
 /// `cargo_manifest_dir` is recorded by deno_core as the root of extension
-/// sources. Call it at most once per process with the same extension list:
-/// V8 flags and op registrations are process-wide.
+/// sources. The first bake of a process sets V8's flags for determinism, so
+/// it must come before any other runtime of that process: V8 freezes its
+/// flags once it starts.
 pub fn bake(
   extensions: Vec<deno_core::Extension>,
   target: &str,
