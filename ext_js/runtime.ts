@@ -3,7 +3,7 @@
 // snapshot heap; what depends on arguments or environment runs in
 // `bootstrap()`, which the runtime calls once after thawing.
 
-import { core, primordials } from "ext:core/mod.js";
+import { core, internals as coreInternals, primordials } from "ext:core/mod.js";
 import {
   op_kiln_args,
   op_kiln_exit,
@@ -12,10 +12,12 @@ import {
 } from "ext:core/ops";
 
 const {
+  ObjectAssign,
   ObjectDefineProperties,
   ObjectDefineProperty,
   ObjectFreeze,
   SymbolFor,
+  TypeError,
 } = primordials;
 
 type Exports = Record<string, unknown>;
@@ -46,14 +48,56 @@ const performance = load("ext:deno_web/15_performance.js");
 const mimesniff = load("ext:deno_web/01_mimesniff.js");
 const infra = load("ext:deno_web/00_infra.js");
 
+// deno_fetch loads deno_telemetry on first use unless these slots are set.
+// kiln has no OpenTelemetry: tracing is off, so fetch never starts a span and
+// only ever exits the "did not enter" marker.
+const DID_NOT_ENTER = SymbolFor("kiln.telemetry.didNotEnter");
+function telemetryOff(): never {
+  throw new TypeError("OpenTelemetry is not available in kiln");
+}
+ObjectAssign(coreInternals, {
+  __telemetry: ObjectFreeze({
+    TRACING_ENABLED: false,
+    METRICS_ENABLED: false,
+    PROPAGATORS: ObjectFreeze([]),
+    DID_NOT_ENTER,
+    builtinTracer: telemetryOff,
+    ContextManager: ObjectFreeze({ active: telemetryOff }),
+    enterSpan: telemetryOff,
+    exitSpan(snapshot: unknown): void {
+      if (snapshot !== DID_NOT_ENTER) telemetryOff();
+    },
+  }),
+  __telemetryUtil: ObjectFreeze({
+    updateSpanFromClientResponse: telemetryOff,
+    updateSpanFromError: telemetryOff,
+    updateSpanFromRequest: telemetryOff,
+  }),
+});
+
+const headers = load("ext:deno_fetch/20_headers.js");
+const formData = load("ext:deno_fetch/21_formdata.js");
+const body = load("ext:deno_fetch/22_body.js");
+const httpClient = load("ext:deno_fetch/22_http_client.js");
+const request = load("ext:deno_fetch/23_request.js");
+const response = load("ext:deno_fetch/23_response.js");
+const fetchMod = load("ext:deno_fetch/26_fetch.js");
+const eventSource = load("ext:deno_fetch/27_eventsource.js");
+
 // Every loaded script's exports stay reachable from this module, so the
 // snapshot serialises them in this (fixed) order rather than in the order of
 // deno_core's script-result cache, a HashMap whose order differs per process.
 export const loadedScripts = ObjectFreeze([
   webidl, infra, url, urlPattern, consoleMod, domException, mimesniff, event,
   structuredCloneMod, timers, abortSignal, base64, streams, encoding, file,
-  fileReader, messagePort, compression, performance,
+  fileReader, messagePort, compression, performance, headers, formData, body,
+  httpClient, request, response, fetchMod, eventSource,
 ]);
+
+/** deno_fetch's script exports, for extensions that build on them. */
+export const fetchScripts = ObjectFreeze({
+  headers, formData, body, request, response, fetch: fetchMod,
+});
 
 function writable(value: unknown): PropertyDescriptor {
   return { value, writable: true, enumerable: false, configurable: true };
@@ -135,6 +179,13 @@ ObjectDefineProperties(globalThis, {
   PerformanceMark: writable(performance.PerformanceMark),
   PerformanceMeasure: writable(performance.PerformanceMeasure),
   performance: writable(performance.performance),
+  // fetch
+  Headers: writable(headers.Headers),
+  FormData: writable(formData.FormData),
+  Request: writable(request.Request),
+  Response: writable(response.Response),
+  fetch: writable(fetchMod.fetch),
+  EventSource: writable(eventSource.EventSource),
 });
 
 (event.saveGlobalThisReference as (g: typeof globalThis) => void)(globalThis);

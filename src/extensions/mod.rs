@@ -7,6 +7,7 @@
 //! through `#[path]`: must not reach into the rest of the crate.
 
 pub mod cron;
+pub mod fetch;
 pub mod runtime;
 
 pub use cron::LocalCronHandler;
@@ -41,6 +42,8 @@ pub fn all<C: cron::CronHandler + 'static>(
       false,
       deno_web::InMemoryBroadcastChannel::default(),
     ),
+    deno_fetch::deno_fetch::init(fetch::fetch_options()),
+    fetch::kiln_fetch::init(),
     runtime::kiln_runtime::init(options.runtime),
     cron::kiln_cron::init(options.cron),
   ]

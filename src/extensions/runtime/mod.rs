@@ -25,7 +25,7 @@ pub struct TerminationHandle(pub v8::IsolateHandle);
 
 deno_core::extension!(
   kiln_runtime,
-  deps = [deno_webidl, deno_web],
+  deps = [deno_webidl, deno_web, deno_fetch, kiln_fetch],
   ops = [op_kiln_args, op_kiln_exit, op_kiln_no_color, op_kiln_versions],
   esm_entry_point = "ext:kiln_runtime/runtime.ts",
   esm = [dir "ext_js", "runtime.ts"],
