@@ -94,10 +94,17 @@ export const loadedScripts = ObjectFreeze([
   httpClient, request, response, fetchMod, eventSource,
 ]);
 
-/** deno_fetch's script exports, for extensions that build on them. */
-export const fetchScripts = ObjectFreeze({
-  headers, formData, body, request, response, fetch: fetchMod,
+/** Script exports that other kiln extensions build on. */
+export const webScripts = ObjectFreeze({
+  streams, headers, formData, body, request, response, fetch: fetchMod,
 });
+
+/**
+ * Functions the Rust host calls into (e.g. `serve`), set by extensions at
+ * bake time. `bootstrap()` hands this object to the host; user code cannot
+ * reach it.
+ */
+export const hostHooks: Record<string, unknown> = {};
 
 function writable(value: unknown): PropertyDescriptor {
   return { value, writable: true, enumerable: false, configurable: true };
@@ -229,7 +236,7 @@ ObjectDefineProperties(denoNs, {
  * Run-time half of the set-up: called once by the runtime after the snapshot
  * is thawed; everything that depends on this process goes here.
  */
-function bootstrap(): void {
+function bootstrap(): Record<string, unknown> {
   delete (globalThis as Record<string, unknown>).__kilnBootstrap;
   // deno_core binds ops through `globalThis.Deno.core` while it thaws, so the
   // swap to the public namespace (no `Deno.core`) happens here, not at bake.
@@ -255,6 +262,7 @@ function bootstrap(): void {
     "args",
     readOnly(ObjectFreeze(op_kiln_args() as string[])),
   );
+  return hostHooks;
 }
 
 ObjectDefineProperty(globalThis, "__kilnBootstrap", {

@@ -14,6 +14,7 @@
 //! thread. See DESIGN.md for the pipeline.
 
 pub mod extensions;
+pub mod host;
 pub mod runtime;
 pub mod snapshot;
 

@@ -1,7 +1,10 @@
-//! The `kiln` command line: run a module, inspect the baked snapshot.
+//! The `kiln` command line: run a module, serve functions, inspect the baked
+//! snapshot.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use clap::Subcommand;
@@ -25,11 +28,49 @@ enum Command {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
   },
+  /// Serve every <name>.ts / <name>.js in DIR as a function at /<name>:
+  /// its default export's fetch(request) answers HTTP requests, each
+  /// instance in its own isolate. GET /_kiln/health and /_kiln/metrics
+  /// report on the host. SIGINT/SIGTERM drain in-flight requests and exit 0.
+  Serve(ServeArgs),
   /// Inspect the snapshot baked into this binary.
   Snapshot {
     #[command(subcommand)]
     command: SnapshotCommand,
   },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+  /// Directory of function modules.
+  dir: PathBuf,
+  /// Address to listen on (port 0 picks a free port).
+  #[arg(long, default_value = "127.0.0.1:8080")]
+  listen: SocketAddr,
+  /// Isolate instances per function [default: number of cores].
+  #[arg(long)]
+  max_instances: Option<usize>,
+  /// Stop an instance after it has been idle this long (e.g. 90s, 5m).
+  #[arg(long, default_value = "5m", value_parser = kiln::host::parse_duration)]
+  idle_timeout: Duration,
+  /// V8 heap limit per instance, in MiB; an instance that reaches it is
+  /// discarded and its request gets 500.
+  #[arg(long, default_value_t = 128)]
+  max_heap_mb: usize,
+  /// Wall-time limit per request (and per module start-up), in ms; past it
+  /// the instance is terminated and the request gets 504.
+  #[arg(long, default_value_t = 30_000)]
+  timeout_ms: u64,
+  /// Largest request body accepted; larger ones get 413.
+  #[arg(long, default_value_t = 10 << 20)]
+  max_body_bytes: u64,
+  /// How long shutdown waits for in-flight requests.
+  #[arg(long, default_value = "10s", value_parser = kiln::host::parse_duration)]
+  grace_period: Duration,
+  /// Log level (error, warn, info, debug, trace) or a tracing filter
+  /// directive; logs go to stderr, one line per request at info.
+  #[arg(long, default_value = "info")]
+  log_level: String,
 }
 
 #[derive(Subcommand)]
@@ -40,15 +81,18 @@ enum SnapshotCommand {
 
 fn main() -> ExitCode {
   let cli = Cli::parse();
-  if matches!(cli.command, Command::Run { .. }) {
+  if matches!(cli.command, Command::Run { .. } | Command::Serve(_)) {
     // Decompress the snapshot while the rest of start-up happens.
     kiln::runtime::prefetch_snapshot();
   }
   let result = match cli.command {
-    Command::Run { file, args } => run(file, args),
+    Command::Run { file, args } => run(file, args).map_err(Into::into),
+    Command::Serve(args) => serve(args),
     Command::Snapshot {
       command: SnapshotCommand::Info,
-    } => kiln::snapshot::info::print_embedded().map(|()| 0),
+    } => kiln::snapshot::info::print_embedded()
+      .map(|()| 0)
+      .map_err(Into::into),
   };
   match result {
     Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -74,4 +118,72 @@ fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
   std::mem::forget(runtime);
   std::mem::forget(tokio);
   result
+}
+
+fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
+  let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+    .map_err(|e| format!("invalid --log-level '{}': {e}", args.log_level))?;
+  tracing_subscriber::fmt()
+    .with_env_filter(filter)
+    .with_writer(std::io::stderr)
+    .with_ansi(color_stderr())
+    .with_target(false)
+    .init();
+  let mut options = kiln::host::HostOptions::new(&args.dir);
+  if let Some(n) = args.max_instances {
+    if n == 0 {
+      return Err("--max-instances must be at least 1".into());
+    }
+    options.max_instances = n;
+  }
+  options.idle_timeout = args.idle_timeout;
+  options.max_heap_bytes = args.max_heap_mb.max(1) << 20;
+  options.timeout = Duration::from_millis(args.timeout_ms.max(1));
+  options.max_body_bytes = args.max_body_bytes;
+  options.grace_period = args.grace_period;
+  let tokio = tokio::runtime::Builder::new_multi_thread()
+    .enable_all()
+    .build()
+    .map_err(|e| format!("cannot start tokio: {e}"))?;
+  tokio.block_on(async move {
+    let host = kiln::host::Host::new(options)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+      .await
+      .map_err(|source| kiln::host::HostError::Bind {
+        addr: args.listen,
+        source,
+      })?;
+    let addr = listener.local_addr()?;
+    host.start().await;
+    let names: Vec<&str> = host.functions().collect();
+    tracing::info!("serving {} function(s): {}", names.len(), names.join(", "));
+    // Scripts and tests read the bound address (port 0) from this line.
+    println!("kiln serve: listening on http://{addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    kiln::host::serve(host, listener, shutdown_signal()).await;
+    Ok::<_, Box<dyn std::error::Error>>(0)
+  })
+}
+
+/// Colored logs only on a terminal, and never with NO_COLOR set.
+fn color_stderr() -> bool {
+  use std::io::IsTerminal;
+  std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+  #[cfg(unix)]
+  {
+    use tokio::signal::unix::SignalKind;
+    if let Ok(mut term) = tokio::signal::unix::signal(SignalKind::terminate()) {
+      tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+      }
+      return;
+    }
+  }
+  let _ = tokio::signal::ctrl_c().await;
 }

@@ -9,6 +9,7 @@
 pub mod cron;
 pub mod fetch;
 pub mod runtime;
+pub mod serve;
 
 pub use cron::LocalCronHandler;
 pub use runtime::RuntimeConfig;
@@ -46,5 +47,6 @@ pub fn all<C: cron::CronHandler + 'static>(
     fetch::kiln_fetch::init(),
     runtime::kiln_runtime::init(options.runtime),
     cron::kiln_cron::init(options.cron),
+    serve::kiln_serve::init(),
   ]
 }

@@ -16,6 +16,7 @@ use deno_core::JsRuntime;
 use deno_core::ModuleSpecifier;
 use deno_core::PollEventLoopOptions;
 use deno_core::error::CoreError;
+use deno_core::v8;
 
 pub use loader::FsModuleLoader;
 
@@ -71,6 +72,8 @@ pub struct RuntimeOptions {
 /// Must be created inside a tokio runtime context; it is not `Send`.
 pub struct Runtime {
   js: JsRuntime,
+  /// What the glue's `bootstrap()` returned: functions the host calls into.
+  host_hooks: v8::Global<v8::Value>,
 }
 
 /// The manifest of the extension list this binary runs with.
@@ -108,6 +111,7 @@ pub struct RuntimeBuilder<C: CronHandler = LocalCronHandler> {
   extensions: Vec<Extension>,
   options: RuntimeOptions,
   cron: C,
+  max_heap_bytes: Option<usize>,
 }
 
 impl Default for RuntimeBuilder {
@@ -118,6 +122,7 @@ impl Default for RuntimeBuilder {
       extensions: Vec::new(),
       options: RuntimeOptions::default(),
       cron: LocalCronHandler::default(),
+      max_heap_bytes: None,
     }
   }
 }
@@ -132,7 +137,16 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
       extensions: self.extensions,
       options: self.options,
       cron: handler,
+      max_heap_bytes: self.max_heap_bytes,
     }
+  }
+
+  /// Caps the V8 heap of this runtime. Near the cap V8 calls the runtime's
+  /// near-heap-limit callbacks (see [`Runtime::js_runtime`]); past it, the
+  /// process aborts, so hosts terminate execution from such a callback.
+  pub fn max_heap_bytes(mut self, bytes: usize) -> Self {
+    self.max_heap_bytes = Some(bytes);
+    self
   }
 
   /// The snapshot container (default: the one embedded in kiln).
@@ -183,7 +197,17 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
         (raw, self.residual.unwrap_or((&[], &[])))
       }
     };
-    Runtime::create(raw, residual, self.options, self.cron, self.extensions)
+    let create_params = self
+      .max_heap_bytes
+      .map(|max| v8::CreateParams::default().heap_limits(0, max));
+    Runtime::create(
+      raw,
+      residual,
+      self.options,
+      self.cron,
+      self.extensions,
+      create_params,
+    )
   }
 }
 
@@ -224,6 +248,7 @@ impl Runtime {
       options,
       LocalCronHandler::default(),
       Vec::new(),
+      None,
     )
   }
 
@@ -239,6 +264,7 @@ impl Runtime {
     options: RuntimeOptions,
     cron: C,
     extra_extensions: Vec<Extension>,
+    create_params: Option<v8::CreateParams>,
   ) -> Result<Self, Error> {
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig { args: options.args },
@@ -252,14 +278,82 @@ impl Runtime {
       module_loader: Some(Rc::new(FsModuleLoader::default())),
       residual_lazy_js_sources: residual.0,
       residual_lazy_esm_sources: residual.1,
+      create_params,
       ..Default::default()
     })
     .map_err(|e| Error::Init(e.to_string()))?;
     let handle = js.v8_isolate().thread_safe_handle();
     js.op_state().borrow_mut().put(TerminationHandle(handle));
-    js.execute_script("ext:kiln/bootstrap.js", "globalThis.__kilnBootstrap();")
+    let host_hooks = js
+      .execute_script("ext:kiln/bootstrap.js", "globalThis.__kilnBootstrap();")
       .map_err(|e| Error::Init(format!("bootstrap failed: {e}")))?;
-    Ok(Runtime { js })
+    Ok(Runtime { js, host_hooks })
+  }
+
+  /// A function the glue registered for the host under `hostHooks[name]`.
+  pub(crate) fn host_hook(&mut self, name: &str) -> Option<v8::Global<v8::Function>> {
+    deno_core::scope!(scope, &mut self.js);
+    let hooks = v8::Local::new(scope, &self.host_hooks);
+    let hooks = v8::Local::<v8::Object>::try_from(hooks).ok()?;
+    let key = v8::String::new(scope, name)?;
+    let value = hooks.get(scope, key.into())?;
+    let function = v8::Local::<v8::Function>::try_from(value).ok()?;
+    Some(v8::Global::new(scope, function))
+  }
+
+  /// Calls `hostHooks[name](arg)` and waits for it to return (running the
+  /// event loop meanwhile if it returns a promise). A JS exception becomes
+  /// [`Error::Load`] with its one-line message.
+  pub(crate) async fn call_host_hook(
+    &mut self,
+    name: &str,
+    arg: v8::Global<v8::Object>,
+  ) -> Result<(), Error> {
+    let hook = self
+      .host_hook(name)
+      .ok_or_else(|| Error::Init(format!("the snapshot has no host hook '{name}'")))?;
+    let arg = {
+      deno_core::scope!(scope, &mut self.js);
+      let local = v8::Local::new(scope, &arg);
+      v8::Global::new(scope, v8::Local::<v8::Value>::from(local))
+    };
+    let call = self.js.call_with_args(&hook, &[arg]);
+    match self
+      .js
+      .with_event_loop_promise(call, PollEventLoopOptions::default())
+      .await
+    {
+      Ok(_) => Ok(()),
+      Err(e) => Err(match e.as_kind() {
+        deno_core::error::CoreErrorKind::Js(js) => Error::Load(
+          js.exception_message
+            .strip_prefix("Uncaught ")
+            .unwrap_or(&js.exception_message)
+            .to_string(),
+        ),
+        _ => Error::Load(e.to_string()),
+      }),
+    }
+  }
+
+  /// Loads and evaluates `path` as the main module, running the event loop
+  /// only until its evaluation (including top-level await) settles; work the
+  /// module scheduled (timers, cron jobs) stays pending. Returns the module
+  /// namespace.
+  pub async fn load_main_module(&mut self, path: &Path) -> Result<v8::Global<v8::Object>, Error> {
+    let specifier = main_specifier(path)?;
+    let id = self
+      .js
+      .load_main_es_module(&specifier)
+      .await
+      .map_err(load_error)?;
+    let evaluation = self.js.mod_evaluate(id);
+    self
+      .js
+      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
+      .await
+      .map_err(classify)?;
+    self.js.get_module_namespace(id).map_err(classify)
   }
 
   /// The underlying deno_core runtime, for embedders that need more.
@@ -291,12 +385,7 @@ impl Runtime {
   /// Loads `path` as the main module, evaluates it and runs the event loop to
   /// completion. Returns the exit code: 0, or what `Deno.exit(code)` asked for.
   pub async fn run_main_module(&mut self, path: &Path) -> Result<i32, Error> {
-    let path = std::path::absolute(path).map_err(|_| Error::ModuleNotFound(path.to_path_buf()))?;
-    if !path.is_file() {
-      return Err(Error::ModuleNotFound(path));
-    }
-    let specifier =
-      ModuleSpecifier::from_file_path(&path).map_err(|_| Error::ModuleNotFound(path.clone()))?;
+    let specifier = main_specifier(path)?;
     let result = self.run_module(&specifier).await;
     match self.js.op_state().borrow().try_borrow::<ExitRequest>() {
       Some(ExitRequest(code)) => Ok(*code),
@@ -318,6 +407,15 @@ impl Runtime {
       .map_err(classify)?;
     evaluation.await.map_err(classify)
   }
+}
+
+/// The `file:` specifier of an existing main module.
+fn main_specifier(path: &Path) -> Result<ModuleSpecifier, Error> {
+  let path = std::path::absolute(path).map_err(|_| Error::ModuleNotFound(path.to_path_buf()))?;
+  if !path.is_file() {
+    return Err(Error::ModuleNotFound(path));
+  }
+  ModuleSpecifier::from_file_path(&path).map_err(|_| Error::ModuleNotFound(path))
 }
 
 /// A module that failed to load or compile, as one line: `SyntaxError: ...

@@ -1,0 +1,140 @@
+// kiln_serve glue: runs a function module's `fetch` handler for the requests
+// `kiln serve` sends to this isolate. The host calls `hostHooks.serve(ns)`
+// with the module namespace once the module has been evaluated.
+
+import { primordials } from "ext:core/mod.js";
+import {
+  op_serve_error,
+  op_serve_finish,
+  op_serve_next,
+  op_serve_read,
+  op_serve_respond,
+  op_serve_write,
+} from "ext:core/ops";
+import { hostHooks, webScripts } from "ext:kiln_runtime/runtime.ts";
+
+const {
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  String,
+  TypeError,
+  TypedArrayPrototypeGetSymbolToStringTag,
+} = primordials;
+
+type Header = [string, string];
+type NextRequest = [number, string, string, Header[], boolean];
+
+interface FetchHandler {
+  fetch(request: Request): Response | Promise<Response>;
+}
+
+const { Request } = webScripts.request as {
+  Request: typeof globalThis.Request;
+};
+const { ResponsePrototype } = webScripts.response as {
+  ResponsePrototype: Response;
+};
+const { ReadableStream } = webScripts.streams as {
+  ReadableStream: typeof globalThis.ReadableStream;
+};
+
+function errorText(error: unknown): string {
+  if (error instanceof Error) {
+    return error.stack ?? `${error.name}: ${error.message}`;
+  }
+  return `Uncaught ${String(error)}`;
+}
+
+function requestBody(rid: number): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    async pull(controller) {
+      const chunk = (await op_serve_read(rid)) as Uint8Array | null;
+      if (chunk === null) {
+        controller.close();
+      } else {
+        controller.enqueue(chunk);
+      }
+    },
+  });
+}
+
+/** Streams the body out; false if the client went away first. */
+async function writeBody(
+  rid: number,
+  body: ReadableStream<Uint8Array>,
+): Promise<boolean> {
+  const reader = body.getReader();
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) {
+      return true;
+    }
+    if (TypedArrayPrototypeGetSymbolToStringTag(value) !== "Uint8Array") {
+      await reader.cancel();
+      throw new TypeError("Response body chunks must be Uint8Array");
+    }
+    if (!(await op_serve_write(rid, value))) {
+      // The client went away: stop producing the body.
+      await reader.cancel();
+      return false;
+    }
+  }
+}
+
+async function handle(
+  handler: FetchHandler,
+  [rid, method, url, headers, hasBody]: NextRequest,
+): Promise<void> {
+  let ok = false;
+  try {
+    const request = new Request(url, {
+      method,
+      headers,
+      body: hasBody ? requestBody(rid) : null,
+      // @ts-ignore: streamed request bodies need duplex "half"
+      duplex: "half",
+    });
+    const response = await handler.fetch(request);
+    if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
+      throw new TypeError(
+        "The default export's fetch() must return a Response (or a promise of one)",
+      );
+    }
+    const body = response.body;
+    const headerList = [...response.headers] as Header[];
+    op_serve_respond(rid, response.status, headerList, body !== null);
+    ok = body === null || await writeBody(rid, body);
+  } catch (error) {
+    await op_serve_error(rid, errorText(error));
+  } finally {
+    op_serve_finish(rid, ok);
+  }
+}
+
+async function serveLoop(handler: FetchHandler): Promise<void> {
+  while (true) {
+    const next = (await op_serve_next()) as NextRequest | null;
+    if (next === null) {
+      return;
+    }
+    // Not awaited: the host decides how many requests an isolate has.
+    PromisePrototypeThen(handle(handler, next), undefined, () => {});
+  }
+}
+
+/**
+ * Starts serving `ns.default.fetch`. Throws a TypeError at once if the
+ * module has no such handler.
+ */
+hostHooks.serve = function serve(ns: Record<string, unknown>): void {
+  const handler = ns.default as FetchHandler | undefined;
+  if (
+    handler === null || typeof handler !== "object" ||
+    typeof handler.fetch !== "function"
+  ) {
+    throw new TypeError(
+      "the module has no default export with a fetch(request) method",
+    );
+  }
+  PromisePrototypeThen(serveLoop(handler), undefined, () => {});
+};

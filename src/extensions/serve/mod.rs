@@ -1,0 +1,298 @@
+//! `kiln_serve`: the bridge between `kiln serve` and a function's isolate.
+//!
+//! The host hands requests to an isolate through an inbox channel
+//! ([`ServeInbox`]); the glue (`ext_js/serve.ts`) takes each one with
+//! `op_serve_next`, builds a WHATWG `Request` (its body streamed in with
+//! `op_serve_read`), calls the module's `fetch` handler and streams the
+//! `Response` back (`op_serve_respond`, `op_serve_write`). Everything here is
+//! plain channels: the host side (`src/serve/`) never touches V8.
+//!
+//! Without an inbox (`kiln run`, embedders) `op_serve_next` returns `null` at
+//! once, so the extension costs nothing there.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use deno_core::AsyncRefCell;
+use deno_core::ByteString;
+use deno_core::JsBuffer;
+use deno_core::OpState;
+use deno_core::RcRef;
+use deno_core::Resource;
+use deno_core::ResourceId;
+use deno_core::ToJsBuffer;
+use deno_core::op2;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Header list as it crosses the channel: names and values as bytes.
+pub type HeaderList = Vec<(ByteString, ByteString)>;
+
+/// Chunks of a request body; an error ends the body (e.g. it was too large
+/// or the client went away).
+pub type RequestBody = mpsc::Receiver<Result<Bytes, BodyError>>;
+
+/// A response body as the isolate produces it. An error item aborts the
+/// response (the handler failed after the head was sent); so does the
+/// channel closing before `complete` is set (the isolate died mid-body).
+pub struct ResponseBody {
+  pub chunks: mpsc::Receiver<Result<Bytes, BodyError>>,
+  pub complete: Arc<AtomicBool>,
+}
+
+/// Why a body stream ended early. The message reaches JS as a `TypeError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, deno_error::JsError)]
+#[class(type)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+/// One request for a function.
+pub struct ServeRequest {
+  pub method: String,
+  /// Absolute URL (`http://host/path?query`).
+  pub url: String,
+  pub headers: HeaderList,
+  /// `None` for requests without a body.
+  pub body: Option<RequestBody>,
+  /// Receives the response head, or the handler's error if it failed before
+  /// responding.
+  pub reply: oneshot::Sender<Result<ServeResponse, HandlerError>>,
+  /// Fires when the isolate is done with the request (response body written
+  /// or abandoned).
+  pub done: oneshot::Sender<()>,
+}
+
+/// A response head and its body.
+pub struct ServeResponse {
+  pub status: u16,
+  pub headers: HeaderList,
+  pub body: Option<ResponseBody>,
+}
+
+/// The handler threw (or returned something that is not a `Response`)
+/// before responding: the message is the JS error's string form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+/// The host side of an isolate's inbox: put into the op state at run time.
+pub struct ServeInbox(pub Rc<AsyncRefCell<mpsc::Receiver<ServeRequest>>>);
+
+impl ServeInbox {
+  pub fn new(receiver: mpsc::Receiver<ServeRequest>) -> Self {
+    ServeInbox(Rc::new(AsyncRefCell::new(receiver)))
+  }
+}
+
+/// Errors of the serve ops. Only the glue calls them; a wrong rid is a bug
+/// there, reported as a `BadResource` error rather than a panic.
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+pub enum ServeOpError {
+  #[class(inherit)]
+  #[error(transparent)]
+  Resource(#[from] deno_core::error::ResourceError),
+  #[class(range)]
+  #[error("The status provided ({0}) is outside the range [200, 599].")]
+  Status(u16),
+  #[class(type)]
+  #[error("the response was already sent")]
+  AlreadyResponded,
+  #[class(inherit)]
+  #[error(transparent)]
+  Body(#[from] BodyError),
+}
+
+deno_core::extension!(
+  kiln_serve,
+  deps = [kiln_runtime],
+  ops = [
+    op_serve_next,
+    op_serve_read,
+    op_serve_respond,
+    op_serve_write,
+    op_serve_error,
+    op_serve_finish,
+  ],
+  esm_entry_point = "ext:kiln_serve/serve.ts",
+  esm = [dir "ext_js", "serve.ts"],
+);
+
+/// One request inside the isolate.
+struct RequestResource {
+  body: AsyncRefCell<Option<RequestBody>>,
+  reply: RefCell<Option<oneshot::Sender<Result<ServeResponse, HandlerError>>>>,
+  response_body: RefCell<Option<mpsc::Sender<Result<Bytes, BodyError>>>>,
+  /// Set when the glue finished the body normally.
+  complete: Arc<AtomicBool>,
+  done: RefCell<Option<oneshot::Sender<()>>>,
+}
+
+impl Resource for RequestResource {
+  fn name(&self) -> Cow<'_, str> {
+    "serveRequest".into()
+  }
+}
+
+impl Drop for RequestResource {
+  fn drop(&mut self) {
+    // Dropping the body sender ends the response body; then the host may
+    // give this isolate its next request.
+    self.response_body.borrow_mut().take();
+    if let Some(done) = self.done.borrow_mut().take() {
+      let _ = done.send(());
+    }
+  }
+}
+
+/// `[rid, method, url, headers, hasBody]` of the next request, or `null`
+/// once the host closed the inbox (or there is none).
+#[op2]
+#[serde]
+async fn op_serve_next(
+  state: Rc<RefCell<OpState>>,
+) -> Option<(ResourceId, String, String, HeaderList, bool)> {
+  let inbox = state.borrow().try_borrow::<ServeInbox>()?.0.clone();
+  let request = inbox.borrow_mut().await.recv().await?;
+  let has_body = request.body.is_some();
+  let resource = RequestResource {
+    body: AsyncRefCell::new(request.body),
+    reply: RefCell::new(Some(request.reply)),
+    response_body: RefCell::new(None),
+    complete: Arc::new(AtomicBool::new(false)),
+    done: RefCell::new(Some(request.done)),
+  };
+  let rid = state.borrow_mut().resource_table.add(resource);
+  Some((rid, request.method, request.url, request.headers, has_body))
+}
+
+/// The next request body chunk, or `null` at its end.
+#[op2]
+#[serde]
+async fn op_serve_read(
+  state: Rc<RefCell<OpState>>,
+  #[smi] rid: ResourceId,
+) -> Result<Option<ToJsBuffer>, ServeOpError> {
+  let resource = state.borrow().resource_table.get::<RequestResource>(rid)?;
+  let mut body = RcRef::map(resource, |r| &r.body).borrow_mut().await;
+  let Some(receiver) = body.as_mut() else {
+    return Ok(None);
+  };
+  match receiver.recv().await {
+    Some(Ok(chunk)) => Ok(Some(chunk.to_vec().into())),
+    Some(Err(e)) => {
+      body.take();
+      Err(e.into())
+    }
+    None => {
+      body.take();
+      Ok(None)
+    }
+  }
+}
+
+/// Sends the response head. With `has_body`, the body follows through
+/// `op_serve_write`.
+#[op2]
+fn op_serve_respond(
+  state: &mut OpState,
+  #[smi] rid: ResourceId,
+  #[smi] status: u32,
+  #[serde] headers: HeaderList,
+  has_body: bool,
+) -> Result<(), ServeOpError> {
+  let status = u16::try_from(status).unwrap_or(u16::MAX);
+  if !(200..=599).contains(&status) {
+    return Err(ServeOpError::Status(status));
+  }
+  let resource = state.resource_table.get::<RequestResource>(rid)?;
+  let reply = resource
+    .reply
+    .borrow_mut()
+    .take()
+    .ok_or(ServeOpError::AlreadyResponded)?;
+  let body = if has_body {
+    // A small buffer: the handler runs ahead of the client by a few chunks
+    // at most (back-pressure through op_serve_write).
+    let (tx, rx) = mpsc::channel(4);
+    *resource.response_body.borrow_mut() = Some(tx);
+    Some(ResponseBody {
+      chunks: rx,
+      complete: resource.complete.clone(),
+    })
+  } else {
+    None
+  };
+  // The host may have given up on the request (timeout, client gone); the
+  // body writes then report it.
+  let _ = reply.send(Ok(ServeResponse {
+    status,
+    headers,
+    body,
+  }));
+  Ok(())
+}
+
+/// Writes one response body chunk; resolves `false` when nobody reads the
+/// response any more (client gone), so the glue stops producing it.
+#[op2]
+async fn op_serve_write(
+  state: Rc<RefCell<OpState>>,
+  #[smi] rid: ResourceId,
+  #[buffer] chunk: JsBuffer,
+) -> Result<bool, ServeOpError> {
+  let resource = state.borrow().resource_table.get::<RequestResource>(rid)?;
+  let Some(sender) = resource.response_body.borrow().clone() else {
+    return Ok(false);
+  };
+  Ok(sender.send(Ok(Bytes::from(chunk.to_vec()))).await.is_ok())
+}
+
+/// The handler failed: before the head this becomes the host's error
+/// response; after it, the response is aborted.
+#[op2]
+async fn op_serve_error(
+  state: Rc<RefCell<OpState>>,
+  #[smi] rid: ResourceId,
+  #[string] message: String,
+) -> Result<(), ServeOpError> {
+  let resource = state.borrow().resource_table.get::<RequestResource>(rid)?;
+  let reply = resource.reply.borrow_mut().take();
+  if let Some(reply) = reply {
+    let _ = reply.send(Err(HandlerError(message)));
+    return Ok(());
+  }
+  let sender = resource.response_body.borrow_mut().take();
+  if let Some(sender) = sender {
+    // An error item makes the host abort the response instead of ending it
+    // as if it were complete.
+    let _ = sender.send(Err(BodyError(message))).await;
+  }
+  Ok(())
+}
+
+/// The isolate is done with the request; `ok` when the body was written in
+/// full.
+#[op2(fast)]
+fn op_serve_finish(
+  state: &mut OpState,
+  #[smi] rid: ResourceId,
+  ok: bool,
+) -> Result<(), ServeOpError> {
+  let resource = state.resource_table.take::<RequestResource>(rid)?;
+  if ok {
+    resource.complete.store(true, Ordering::Release);
+  }
+  if let Some(reply) = resource.reply.borrow_mut().take() {
+    // Finished without responding or failing: a bug in the glue, reported
+    // instead of leaving the client waiting.
+    let _ = reply.send(Err(HandlerError(
+      "the handler finished without a response".to_string(),
+    )));
+  }
+  Ok(())
+}

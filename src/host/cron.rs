@@ -1,0 +1,93 @@
+//! `Deno.cron` inside the host: every instance of a function runs the same
+//! module, so every instance registers the same jobs; only the function's
+//! cron-owning instance runs them (otherwise a job would run once per
+//! instance). Other instances keep the registration bookkeeping (so the same
+//! names, limits and errors apply) but their jobs never fire.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::Notify;
+
+use super::metrics::Metrics;
+use crate::extensions::cron::CronError;
+use crate::extensions::cron::CronHandle;
+use crate::extensions::cron::CronHandler;
+use crate::extensions::cron::CronSpec;
+use crate::extensions::cron::local::LocalCronHandle;
+use crate::extensions::cron::LocalCronHandler;
+
+/// The cron backend of one instance.
+pub(crate) struct HostCronHandler {
+  local: LocalCronHandler,
+  owner: bool,
+  function: Arc<str>,
+  metrics: Arc<Metrics>,
+  /// Jobs registered in this instance (an owner with jobs is never evicted).
+  jobs: Arc<AtomicUsize>,
+}
+
+impl HostCronHandler {
+  pub(crate) fn new(owner: bool, function: Arc<str>, metrics: Arc<Metrics>, jobs: Arc<AtomicUsize>) -> Self {
+    HostCronHandler {
+      local: LocalCronHandler::default(),
+      owner,
+      function,
+      metrics,
+      jobs,
+    }
+  }
+}
+
+impl CronHandler for HostCronHandler {
+  type Handle = HostCronHandle;
+
+  fn create(&self, spec: CronSpec) -> Result<HostCronHandle, CronError> {
+    let inner = self.local.create(spec)?;
+    self.jobs.fetch_add(1, Ordering::Relaxed);
+    Ok(HostCronHandle {
+      inner,
+      owner: self.owner,
+      first: Cell::new(true),
+      closed: Rc::new(Notify::new()),
+      function: self.function.clone(),
+      metrics: self.metrics.clone(),
+      jobs: self.jobs.clone(),
+    })
+  }
+}
+
+/// A job in one instance.
+pub(crate) struct HostCronHandle {
+  inner: LocalCronHandle,
+  owner: bool,
+  first: Cell<bool>,
+  closed: Rc<Notify>,
+  function: Arc<str>,
+  metrics: Arc<Metrics>,
+  jobs: Arc<AtomicUsize>,
+}
+
+impl CronHandle for HostCronHandle {
+  async fn next(&self, prev_success: bool) -> Result<bool, CronError> {
+    if !self.owner {
+      // Registered, never run here: wait for close.
+      self.closed.notified().await;
+      return Ok(false);
+    }
+    // Every call after the first reports the run that just ended.
+    if !self.first.replace(false) {
+      self.metrics.cron_run(&self.function, prev_success);
+    }
+    self.inner.next(prev_success).await
+  }
+
+  fn close(&self) {
+    self.inner.close();
+    self.closed.notify_one();
+    self.jobs.fetch_sub(1, Ordering::Relaxed);
+  }
+}

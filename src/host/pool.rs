@@ -1,0 +1,189 @@
+//! The instances of one function: at most `max_instances` of them, each
+//! serving one request at a time; idle ones are reused (most recently used
+//! first) and evicted after the idle timeout.
+//!
+//! One instance per function owns its `Deno.cron` jobs; it is not evicted
+//! while it has jobs, and is replaced if it dies.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+
+use super::instance::Instance;
+use super::instance::InstanceSpec;
+use super::instance::StartError;
+use super::metrics::TerminationCause;
+
+/// An instance lent to one request; give it back with
+/// [`FunctionPool::release`] or [`FunctionPool::discard`].
+pub(crate) struct Lease {
+  pub(crate) instance: Instance,
+  _permit: OwnedSemaphorePermit,
+}
+
+pub(crate) struct FunctionPool {
+  spec: InstanceSpec,
+  permits: Arc<Semaphore>,
+  idle: Mutex<Vec<Instance>>,
+  /// Some live instance owns the cron jobs.
+  cron_owner: AtomicBool,
+  closed: AtomicBool,
+}
+
+impl FunctionPool {
+  pub(crate) fn new(spec: InstanceSpec, max_instances: usize) -> Self {
+    FunctionPool {
+      spec,
+      permits: Arc::new(Semaphore::new(max_instances.max(1))),
+      idle: Mutex::new(Vec::new()),
+      cron_owner: AtomicBool::new(false),
+      closed: AtomicBool::new(false),
+    }
+  }
+
+  pub(crate) fn name(&self) -> &str {
+    &self.spec.function
+  }
+
+  fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+    self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+  }
+
+  /// Starts the cron-owning instance (at host start-up), so the function's
+  /// jobs are registered and its load errors show at once.
+  pub(crate) async fn preload(self: &Arc<Self>) -> Result<(), StartError> {
+    let permit = self.permits.clone().acquire_owned().await;
+    let Ok(_permit) = permit else {
+      return Ok(());
+    };
+    let instance = self.start().await?;
+    self.put_idle(instance);
+    Ok(())
+  }
+
+  async fn start(self: &Arc<Self>) -> Result<Instance, StartError> {
+    let owns_cron = !self.cron_owner.swap(true, Ordering::AcqRel);
+    let result = Instance::start(self.spec.clone(), owns_cron).await;
+    if result.is_err() && owns_cron {
+      self.cron_owner.store(false, Ordering::Release);
+    }
+    result
+  }
+
+  /// An instance for one request: an idle one, or a new one while fewer
+  /// than `max_instances` are busy; otherwise waits for one to be free.
+  pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, StartError> {
+    let permit = self.permits.clone().acquire_owned().await.map_err(|_| StartError::Load {
+      function: self.spec.function.to_string(),
+      reason: "the host is shutting down".into(),
+    })?;
+    loop {
+      let candidate = self.idle().pop();
+      match candidate {
+        Some(instance) if instance.is_alive() => {
+          return Ok(Lease {
+            instance,
+            _permit: permit,
+          });
+        }
+        Some(dead) => self.forget(dead),
+        None => break,
+      }
+    }
+    let instance = self.start().await?;
+    Ok(Lease {
+      instance,
+      _permit: permit,
+    })
+  }
+
+  /// The request is done and the instance healthy: back to the idle list.
+  pub(crate) fn release(self: &Arc<Self>, lease: Lease) {
+    let Lease { instance, _permit } = lease;
+    if instance.is_alive() {
+      self.put_idle(instance);
+    } else {
+      self.forget(instance);
+    }
+  }
+
+  /// The instance is dead or must die (terminated): drop it.
+  pub(crate) fn discard(self: &Arc<Self>, lease: Lease) {
+    let Lease { instance, _permit } = lease;
+    self.forget(instance);
+  }
+
+  fn put_idle(self: &Arc<Self>, mut instance: Instance) {
+    instance.last_used = Instant::now();
+    if self.closed.load(Ordering::Acquire) {
+      self.forget(instance);
+      return;
+    }
+    self.idle().push(instance);
+  }
+
+  /// Drops an instance, records why, and replaces a dead cron owner.
+  fn forget(self: &Arc<Self>, instance: Instance) {
+    let cause = instance.fate().map(|(cause, _)| cause);
+    self.spec.metrics.instance_stop(&self.spec.function, cause);
+    let had_jobs = instance.runs_cron_jobs();
+    if instance.owns_cron {
+      self.cron_owner.store(false, Ordering::Release);
+    }
+    drop(instance.stop());
+    if had_jobs && !self.closed.load(Ordering::Acquire) {
+      tracing::warn!(function = %self.spec.function, "cron-owning instance ended; starting a new one");
+      self.respawn_cron_owner();
+    }
+  }
+
+  fn respawn_cron_owner(self: &Arc<Self>) {
+    let pool = self.clone();
+    tokio::spawn(async move {
+      if let Err(e) = pool.preload().await {
+        tracing::error!(function = %pool.spec.function, "cannot restart the cron-owning instance: {e}");
+      }
+    });
+  }
+
+  /// Evicts instances idle for longer than `idle_timeout`, except a cron
+  /// owner with live jobs.
+  pub(crate) fn evict_idle(self: &Arc<Self>, idle_timeout: Duration) {
+    let evicted: Vec<Instance> = {
+      let mut idle = self.idle();
+      let (stale, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|i| {
+        !i.is_alive() || (i.last_used.elapsed() >= idle_timeout && !i.runs_cron_jobs())
+      });
+      *idle = keep;
+      stale
+    };
+    for instance in evicted {
+      if instance.is_alive() {
+        instance.terminate(TerminationCause::Idle);
+      }
+      self.forget(instance);
+    }
+  }
+
+  /// Stops every idle instance and refuses new work; returns the threads
+  /// to join.
+  pub(crate) fn close(&self) -> Vec<std::thread::JoinHandle<()>> {
+    self.closed.store(true, Ordering::Release);
+    self.permits.close();
+    let idle: Vec<Instance> = self.idle().drain(..).collect();
+    idle
+      .into_iter()
+      .filter_map(|instance| {
+        self.spec.metrics.instance_stop(&self.spec.function, None);
+        instance.stop()
+      })
+      .collect()
+  }
+}

@@ -1,0 +1,131 @@
+//! Which function a path belongs to, and which files are functions.
+//!
+//! `<dir>/<name>.ts` (or `.js`, `.mts`, `.mjs`) is served at `/<name>` and
+//! `/<name>/...`. Names are restricted to characters that need no escaping
+//! in a URL path; `/_kiln/...` belongs to the host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+
+/// The prefix of the host's own endpoints.
+pub const HOST_PREFIX: &str = "_kiln";
+
+/// Extensions of function modules, in order of preference when one name
+/// has several.
+const EXTENSIONS: [&str; 4] = ["ts", "mts", "js", "mjs"];
+
+/// A function file that is not served, and why (logged at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+  pub path: PathBuf,
+  pub reason: String,
+}
+
+/// Finds the functions of `dir`: name → module path, plus the files that
+/// look like functions but are not served.
+pub fn discover(dir: &Path) -> std::io::Result<(BTreeMap<String, PathBuf>, Vec<Skipped>)> {
+  let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
+  let mut skipped = Vec::new();
+  let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+    .filter_map(|e| e.ok().map(|e| e.path()))
+    .filter(|p| p.is_file())
+    .collect();
+  entries.sort();
+  for path in entries {
+    let (Some(stem), Some(ext)) = (
+      path.file_stem().and_then(|s| s.to_str()).map(str::to_string),
+      path.extension().and_then(|s| s.to_str()).map(str::to_string),
+    ) else {
+      continue;
+    };
+    let stem = stem.as_str();
+    let Some(rank) = EXTENSIONS.iter().position(|e| *e == ext) else {
+      continue;
+    };
+    if stem.ends_with(".d") {
+      continue; // type declarations
+    }
+    if let Err(reason) = check_name(stem) {
+      skipped.push(Skipped { path, reason });
+      continue;
+    }
+    match found.get(stem) {
+      Some(existing) => {
+        let existing_rank = existing
+          .extension()
+          .and_then(|e| e.to_str())
+          .and_then(|e| EXTENSIONS.iter().position(|x| *x == e))
+          .unwrap_or(usize::MAX);
+        let (keep, drop) = if rank < existing_rank {
+          (path, existing.clone())
+        } else {
+          (existing.clone(), path)
+        };
+        skipped.push(Skipped {
+          reason: format!("'{stem}' is already served from {}", keep.display()),
+          path: drop,
+        });
+        found.insert(stem.to_string(), keep);
+      }
+      None => {
+        found.insert(stem.to_string(), path);
+      }
+    }
+  }
+  Ok((found, skipped))
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+  if name == HOST_PREFIX {
+    return Err(format!("'/{HOST_PREFIX}' is reserved for the host"));
+  }
+  if name.is_empty()
+    || !name
+      .chars()
+      .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+  {
+    return Err(format!(
+      "function names may only contain ASCII letters, digits, '-', '_' and '.': '{name}'"
+    ));
+  }
+  Ok(())
+}
+
+/// The function name of a request path: the first segment.
+pub fn function_of(path: &str) -> Option<&str> {
+  let rest = path.strip_prefix('/')?;
+  let name = rest.split('/').next().unwrap_or("");
+  (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn first_segment_names_the_function() {
+    assert_eq!(function_of("/hello"), Some("hello"));
+    assert_eq!(function_of("/hello/a/b"), Some("hello"));
+    assert_eq!(function_of("/hello/"), Some("hello"));
+    assert_eq!(function_of("/"), None);
+    assert_eq!(function_of(""), None);
+  }
+
+  #[test]
+  fn discovers_functions_and_reports_skipped_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["a.ts", "a.js", "b.mjs", "c.d.ts", "notes.md", "_kiln.ts", "bad name.ts"] {
+      std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    std::fs::create_dir(dir.path().join("sub.ts")).unwrap();
+    let (found, skipped) = discover(dir.path()).unwrap();
+    assert_eq!(found.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(found["a"], dir.path().join("a.ts"));
+    let skipped: Vec<_> = skipped
+      .iter()
+      .map(|s| s.path.file_name().unwrap().to_str().unwrap().to_string())
+      .collect();
+    assert_eq!(skipped, ["_kiln.ts", "a.js", "bad name.ts"]);
+  }
+}
