@@ -14,9 +14,13 @@ import {
 import { hostHooks, webScripts } from "ext:kiln_runtime/runtime.ts";
 
 const {
+  ArrayPrototypeFilter,
+  ArrayPrototypeJoin,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
   String,
+  StringPrototypeIncludes,
+  StringPrototypeSplit,
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
 } = primordials;
@@ -38,11 +42,19 @@ const { ReadableStream } = webScripts.streams as {
   ReadableStream: typeof globalThis.ReadableStream;
 };
 
+/** The error with its stack, without the host's own frames. */
 function errorText(error: unknown): string {
-  if (error instanceof Error) {
-    return error.stack ?? `${error.name}: ${error.message}`;
+  if (!(error instanceof Error)) {
+    return `Uncaught ${String(error)}`;
   }
-  return `Uncaught ${String(error)}`;
+  const stack = error.stack ?? `${error.name}: ${error.message}`;
+  return ArrayPrototypeJoin(
+    ArrayPrototypeFilter(
+      StringPrototypeSplit(stack, "\n"),
+      (line: string) => !StringPrototypeIncludes(line, "(ext:kiln_serve/"),
+    ),
+    "\n",
+  );
 }
 
 function requestBody(rid: number): ReadableStream<Uint8Array> {

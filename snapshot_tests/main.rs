@@ -5,6 +5,7 @@ mod cli;
 mod cron;
 mod embed;
 mod library;
+mod serve;
 
 /// Held by tests that hide parts of the source tree (the relocation test
 /// renames `ext_js/`) and by tests that build from it (the embed example's

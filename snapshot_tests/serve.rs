@@ -1,0 +1,558 @@
+//! `kiln serve` end to end: the real binary on 127.0.0.1:0, a real HTTP
+//! client (hyper), functions written to a temp directory.
+
+use std::io::BufRead;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::task::Context;
+use std::task::Poll;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Request;
+use http::StatusCode;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+/// A `kiln serve` process; killed on drop if still running.
+struct Server {
+  child: Child,
+  addr: SocketAddr,
+  dir: tempfile::TempDir,
+  stderr: PathBuf,
+}
+
+impl Server {
+  fn start(functions: &[(&str, &str)], flags: &[&str], env: &[(&str, &str)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = dir.path().join("functions");
+    std::fs::create_dir(&fns).unwrap();
+    for (name, source) in functions {
+      std::fs::write(fns.join(name), source).unwrap();
+    }
+    let stderr = dir.path().join("stderr.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd
+      .arg("serve")
+      .arg(&fns)
+      .args(["--listen", "127.0.0.1:0"])
+      .args(flags)
+      .env("NO_COLOR", "1")
+      .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET")
+      .stdout(Stdio::piped())
+      .stderr(std::fs::File::create(&stderr).unwrap());
+    for (k, v) in env {
+      cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+      let mut line = String::new();
+      let _ = BufReader::new(stdout).read_line(&mut line);
+      let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let Some(addr) = line.trim().strip_prefix("kiln serve: listening on http://") else {
+      let _ = child.kill();
+      panic!(
+        "no listening line (got {line:?}); stderr:\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+      );
+    };
+    let addr = addr.parse().unwrap();
+    Server {
+      child,
+      addr,
+      dir,
+      stderr,
+    }
+  }
+
+  fn stderr(&self) -> String {
+    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+  }
+
+  fn sigterm(&self) {
+    let status = Command::new("kill")
+      .args(["-TERM", &self.child.id().to_string()])
+      .status()
+      .unwrap();
+    assert!(status.success());
+  }
+
+  async fn get(&self, path: &str) -> (StatusCode, String) {
+    let response = send(self.addr, request("GET", path, empty())).await;
+    let status = response.status();
+    (status, text(response).await)
+  }
+
+  async fn metrics(&self) -> String {
+    self.get("/_kiln/metrics").await.1
+  }
+}
+
+impl Drop for Server {
+  fn drop(&mut self) {
+    let _ = self.child.kill();
+    let _ = self.child.wait();
+    let _ = &self.dir;
+  }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn empty() -> Body {
+  Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+  Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A request body fed chunk by chunk from a channel (chunked encoding).
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+  type Data = Bytes;
+  type Error = std::io::Error;
+
+  fn poll_frame(
+    mut self: Pin<&mut Self>,
+    cx: &mut Context<'_>,
+  ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+  }
+}
+
+fn request(method: &str, path: &str, body: Body) -> Request<Body> {
+  Request::builder()
+    .method(method)
+    .uri(path)
+    .header("host", "kiln.test")
+    .body(body)
+    .unwrap()
+}
+
+async fn send(addr: SocketAddr, request: Request<Body>) -> http::Response<Incoming> {
+  let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+  let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    .await
+    .unwrap();
+  tokio::spawn(connection);
+  sender.send_request(request).await.unwrap()
+}
+
+async fn text(response: http::Response<Incoming>) -> String {
+  let bytes = response.into_body().collect().await.unwrap().to_bytes();
+  String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The value of a metrics line (`name{labels}`), 0 when absent.
+fn metric(metrics: &str, series: &str) -> f64 {
+  metrics
+    .lines()
+    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    .unwrap_or(0.0)
+}
+
+const HELLO: &str = r#"
+export default {
+  fetch(request: Request): Response {
+    const url = new URL(request.url);
+    return new Response(`hello from ${url.pathname} at ${url.host}\n`, {
+      headers: { "x-kiln": "yes" },
+    });
+  },
+};
+"#;
+
+#[tokio::test]
+async fn hello_function_health_and_404() {
+  let server = Server::start(&[("hello.ts", HELLO)], &[], &[]);
+  let response = send(server.addr, request("GET", "/hello/sub?x=1", empty())).await;
+  assert_eq!(response.status(), StatusCode::OK);
+  assert_eq!(response.headers()["x-kiln"], "yes");
+  assert_eq!(text(response).await, "hello from /hello/sub at kiln.test\n");
+
+  assert_eq!(server.get("/_kiln/health").await, (StatusCode::OK, "ok\n".into()));
+  let (status, body) = server.get("/nope").await;
+  assert_eq!(status, StatusCode::NOT_FOUND);
+  assert_eq!(body, r#"{"error":"no function serves /nope"}"#);
+  assert_eq!(server.get("/").await.0, StatusCode::NOT_FOUND);
+
+  let metrics = server.metrics().await;
+  assert_eq!(metric(&metrics, r#"kiln_requests_total{function="hello",status="200"}"#), 1.0);
+  assert_eq!(metric(&metrics, r#"kiln_requests_total{function="",status="404"}"#), 2.0);
+  assert!(server.stderr().contains("GET /hello/sub 200 hello"), "{}", server.stderr());
+}
+
+#[tokio::test]
+async fn json_echo_with_a_streamed_request_body() {
+  let echo = r#"
+    export default {
+      async fetch(request: Request) {
+        const chunks: number[] = [];
+        const reader = request.body!.getReader();
+        const parts: Uint8Array[] = [];
+        while (true) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          chunks.push(value.length);
+          parts.push(value);
+        }
+        const all = new Uint8Array(chunks.reduce((a, b) => a + b, 0));
+        let at = 0;
+        for (const p of parts) { all.set(p, at); at += p.length; }
+        const json = JSON.parse(new TextDecoder().decode(all));
+        return Response.json({ json, method: request.method, chunks: chunks.length,
+          type: request.headers.get("content-type") });
+      },
+    };
+  "#;
+  let server = Server::start(&[("echo.ts", echo)], &[], &[]);
+  let (tx, rx) = mpsc::channel(1);
+  let body = BodyExt::boxed(ChannelBody(rx));
+  let mut req = request("POST", "/echo", body);
+  req
+    .headers_mut()
+    .insert("content-type", "application/json".parse().unwrap());
+  let feeder = tokio::spawn(async move {
+    for part in [r#"{"greeting": "#, r#""hi", "n": [1, "#, r#"2, 3]}"#] {
+      tx.send(Bytes::from(part)).await.unwrap();
+      tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+  });
+  let response = send(server.addr, req).await;
+  feeder.await.unwrap();
+  assert_eq!(response.status(), StatusCode::OK);
+  let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
+  assert_eq!(body["json"], serde_json::json!({"greeting": "hi", "n": [1, 2, 3]}));
+  assert_eq!(body["method"], "POST");
+  assert_eq!(body["type"], "application/json");
+  // The body arrived in pieces, as it was sent.
+  assert!(body["chunks"].as_u64().unwrap() >= 2, "{body}");
+}
+
+#[tokio::test]
+async fn streamed_response_arrives_chunk_by_chunk() {
+  let stream = r#"
+    export default {
+      fetch() {
+        const enc = new TextEncoder();
+        let i = 0;
+        const body = new ReadableStream({
+          async pull(controller) {
+            if (i > 0) await new Promise((r) => setTimeout(r, 300));
+            if (i === 3) { controller.close(); return; }
+            controller.enqueue(enc.encode(`part ${i++}\n`));
+          },
+        });
+        return new Response(body, { headers: { "content-type": "text/plain" } });
+      },
+    };
+  "#;
+  let server = Server::start(&[("stream.ts", stream)], &[], &[]);
+  let response = send(server.addr, request("GET", "/stream", empty())).await;
+  assert_eq!(response.status(), StatusCode::OK);
+  let mut body = response.into_body();
+  let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+  let first_at = Instant::now();
+  assert_eq!(first, "part 0\n");
+  let mut rest = Vec::new();
+  while let Some(frame) = body.frame().await {
+    if let Ok(data) = frame.unwrap().into_data() {
+      rest.extend_from_slice(&data);
+    }
+  }
+  // The first chunk was delivered before the function produced the others.
+  assert!(first_at.elapsed() >= Duration::from_millis(500));
+  assert_eq!(String::from_utf8(rest).unwrap(), "part 1\npart 2\n");
+}
+
+#[tokio::test]
+async fn functions_that_fail_to_load_are_isolated() {
+  let server = Server::start(
+    &[
+      ("hello.ts", HELLO),
+      ("broken.ts", "export default { fetch( => 1 };\n"),
+      ("throws.ts", "throw new Error(\"no config\");\n"),
+      ("nofetch.ts", "export default { hello: 1 };\n"),
+    ],
+    &[],
+    &[],
+  );
+  let (status, body) = server.get("/broken").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+  let message = error["error"].as_str().unwrap();
+  assert!(message.starts_with("function 'broken' failed to load: SyntaxError"), "{message}");
+  assert!(message.contains("broken.ts:1:"), "{message}");
+
+  let (status, body) = server.get("/throws").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  assert!(body.contains("function 'throws' failed to load: Error: no config"), "{body}");
+
+  let (status, body) = server.get("/nofetch").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  assert!(
+    body.contains("the module has no default export with a fetch(request) method"),
+    "{body}"
+  );
+
+  let (status, body) = server.get("/hello").await;
+  assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from /hello at kiln.test\n"));
+  let log = server.stderr();
+  assert!(log.contains("function 'broken' failed to load: SyntaxError"), "{log}");
+}
+
+#[tokio::test]
+async fn handler_errors_are_500_with_the_error() {
+  let bad = r#"
+    export default {
+      fetch(request: Request) {
+        if (request.url.endsWith("/type")) return "not a response";
+        throw new RangeError("out of range");
+      },
+    };
+  "#;
+  let server = Server::start(&[("bad.ts", bad)], &[], &[]);
+  let (status, body) = server.get("/bad").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  assert!(body.starts_with(r#"{"error":"RangeError: out of range"#), "{body}");
+  assert!(body.contains("bad.ts:5:15"), "source-mapped frame: {body}");
+  assert!(!body.contains("ext:kiln_serve"), "host frames are hidden: {body}");
+  let (status, body) = server.get("/bad/type").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  assert!(body.contains("must return a Response"), "{body}");
+}
+
+#[tokio::test]
+async fn infinite_loop_gets_504_within_the_timeout_and_the_function_recovers() {
+  let spin = r#"
+    export default {
+      fetch(request: Request) {
+        if (new URL(request.url).searchParams.has("spin")) { while (true) {} }
+        return new Response("alive");
+      },
+    };
+  "#;
+  let server = Server::start(&[("spin.ts", spin), ("hello.ts", HELLO)], &["--timeout-ms", "500"], &[]);
+  let started = Instant::now();
+  let (status, body) = server.get("/spin?spin").await;
+  let elapsed = started.elapsed();
+  assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+  assert_eq!(body, r#"{"error":"function 'spin' timed out after 500 ms"}"#);
+  assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+  assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+  assert_eq!(server.get("/spin").await, (StatusCode::OK, "alive".into()));
+  assert_eq!(server.get("/hello").await.0, StatusCode::OK);
+  let metrics = server.metrics().await;
+  assert_eq!(
+    metric(&metrics, r#"kiln_instance_terminations_total{function="spin",cause="timeout"}"#),
+    1.0
+  );
+}
+
+#[tokio::test]
+async fn heap_exhaustion_gets_500_and_the_function_recovers() {
+  let eat = r#"
+    export default {
+      fetch(request: Request) {
+        if (new URL(request.url).searchParams.has("eat")) {
+          const hoard: number[][] = [];
+          while (true) hoard.push(new Array(100_000).fill(1.5));
+        }
+        return new Response("fine");
+      },
+    };
+  "#;
+  let server = Server::start(&[("eat.ts", eat), ("hello.ts", HELLO)], &["--max-heap-mb", "32"], &[]);
+  let (status, body) = server.get("/eat?eat").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  assert!(body.contains("function 'eat' ran out of memory (limit 32 MiB)"), "{body}");
+  assert_eq!(server.get("/eat").await, (StatusCode::OK, "fine".into()));
+  assert_eq!(server.get("/hello").await.0, StatusCode::OK);
+  let metrics = server.metrics().await;
+  assert_eq!(
+    metric(&metrics, r#"kiln_instance_terminations_total{function="eat",cause="out_of_memory"}"#),
+    1.0
+  );
+}
+
+#[tokio::test]
+async fn request_body_over_the_limit_gets_413() {
+  let echo = r#"
+    export default { async fetch(r: Request) { return new Response(String((await r.arrayBuffer()).byteLength)); } };
+  "#;
+  let server = Server::start(&[("size.ts", echo)], &["--max-body-bytes", "1000"], &[]);
+  // Declared length.
+  let response = send(server.addr, request("POST", "/size", full(vec![b'x'; 1001]))).await;
+  assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+  assert_eq!(
+    text(response).await,
+    r#"{"error":"request body exceeds the limit of 1000 bytes"}"#
+  );
+  // Chunked: found out while streaming.
+  let (tx, rx) = mpsc::channel(4);
+  let feeder = tokio::spawn(async move {
+    for _ in 0..4 {
+      if tx.send(Bytes::from(vec![b'y'; 400])).await.is_err() {
+        break;
+      }
+    }
+  });
+  let response = send(server.addr, request("POST", "/size", BodyExt::boxed(ChannelBody(rx)))).await;
+  assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+  feeder.abort();
+  // At the limit is fine.
+  let response = send(server.addr, request("POST", "/size", full(vec![b'x'; 1000]))).await;
+  assert_eq!(response.status(), StatusCode::OK);
+  assert_eq!(text(response).await, "1000");
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_several_functions() {
+  let slow = |name: &str| {
+    format!(
+      r#"
+      export default {{
+        async fetch(request: Request) {{
+          await new Promise((r) => setTimeout(r, 200));
+          return new Response("{name} " + new URL(request.url).searchParams.get("i"));
+        }},
+      }};
+    "#
+    )
+  };
+  let (a, b, c) = (slow("a"), slow("b"), slow("c"));
+  let server = Server::start(
+    &[("a.ts", &a), ("b.ts", &b), ("c.ts", &c)],
+    &["--max-instances", "2"],
+    &[],
+  );
+  let started = Instant::now();
+  let mut tasks = Vec::new();
+  for i in 0..12 {
+    let name = ["a", "b", "c"][i % 3];
+    let addr = server.addr;
+    tasks.push(tokio::spawn(async move {
+      let response = send(addr, request("GET", &format!("/{name}?i={i}"), empty())).await;
+      (name, i, response.status(), text(response).await)
+    }));
+  }
+  for task in tasks {
+    let (name, i, status, body) = task.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, format!("{name} {i}"));
+  }
+  // 4 requests per function, 2 instances each, 200 ms per request: two
+  // rounds, not four.
+  assert!(started.elapsed() < Duration::from_millis(790), "{:?}", started.elapsed());
+  let metrics = server.metrics().await;
+  for f in ["a", "b", "c"] {
+    let starts = metric(&metrics, &format!(r#"kiln_instance_starts_total{{function="{f}",result="ok"}}"#));
+    assert_eq!(starts, 2.0, "{f}: at most --max-instances instances\n{metrics}");
+  }
+}
+
+#[tokio::test]
+async fn cron_jobs_run_in_the_function_and_show_in_metrics() {
+  let ticker = r#"
+    let runs = 0;
+    Deno.cron("tick", "* * * * *", () => { runs++; });
+    Deno.cron("fail", "*/5 * * * *", { backoffSchedule: [] }, () => { throw new Error("cron failure"); });
+    export default { fetch: () => Response.json({ runs }) };
+  "#;
+  let server = Server::start(
+    &[("ticker.ts", ticker)],
+    &["--max-instances", "3"],
+    &[("KILN_CRON_TEST_SCHEDULE_OFFSET", "50")],
+  );
+  let deadline = Instant::now() + Duration::from_secs(10);
+  let runs = loop {
+    let (status, body) = server.get("/ticker").await;
+    assert_eq!(status, StatusCode::OK);
+    let runs = serde_json::from_str::<serde_json::Value>(&body).unwrap()["runs"]
+      .as_u64()
+      .unwrap();
+    if runs >= 3 || Instant::now() > deadline {
+      break runs;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+  };
+  assert!(runs >= 3, "cron ran {runs} times");
+  let metrics = server.metrics().await;
+  let total = metric(&metrics, r#"kiln_cron_runs_total{function="ticker"}"#);
+  let failures = metric(&metrics, r#"kiln_cron_failures_total{function="ticker"}"#);
+  assert!(total >= 3.0, "{metrics}");
+  assert!(failures >= 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_an_in_flight_request() {
+  let slow = r#"
+    export default {
+      async fetch() {
+        await new Promise((r) => setTimeout(r, 600));
+        return new Response("finished");
+      },
+    };
+  "#;
+  let mut server = Server::start(&[("slow.ts", slow)], &[], &[]);
+  let addr = server.addr;
+  let in_flight = tokio::spawn(async move {
+    let response = send(addr, request("GET", "/slow", empty())).await;
+    (response.status(), text(response).await)
+  });
+  tokio::time::sleep(Duration::from_millis(200)).await;
+  server.sigterm();
+  let (status, body) = in_flight.await.unwrap();
+  assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
+  let exit = tokio::task::spawn_blocking(move || {
+    let status = server.child.wait().unwrap();
+    (status, server.stderr())
+  })
+  .await
+  .unwrap();
+  assert_eq!(exit.0.code(), Some(0), "{}", exit.1);
+  assert!(exit.1.contains("shutting down"), "{}", exit.1);
+  // No longer listening.
+  assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn functions_can_fetch_over_loopback() {
+  let proxy = r#"
+    export default {
+      async fetch(request: Request) {
+        const origin = new URL(request.url).origin;
+        const upstream = await fetch(`${origin}/hello/from-proxy`);
+        return new Response(`proxied ${upstream.status}: ${await upstream.text()}`);
+      },
+    };
+  "#;
+  let server = Server::start(&[("proxy.ts", proxy), ("hello.ts", HELLO)], &[], &[]);
+  // The function fetches through the Host header's origin: point it at us.
+  let mut req = request("GET", "/proxy", empty());
+  req
+    .headers_mut()
+    .insert("host", server.addr.to_string().parse().unwrap());
+  let response = send(server.addr, req).await;
+  assert_eq!(response.status(), StatusCode::OK);
+  assert_eq!(
+    text(response).await,
+    format!("proxied 200: hello from /hello/from-proxy at {}\n", server.addr)
+  );
+}
