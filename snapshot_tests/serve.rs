@@ -556,3 +556,32 @@ async fn functions_can_fetch_over_loopback() {
     format!("proxied 200: hello from /hello/from-proxy at {}\n", server.addr)
   );
 }
+
+#[tokio::test]
+async fn idle_instances_are_evicted_and_restarted_on_demand() {
+  let cron = r#"
+    Deno.cron("keep", "0 0 1 1 *", () => {});
+    export default { fetch: () => new Response("cron") };
+  "#;
+  let server = Server::start(
+    &[("hello.ts", HELLO), ("cron.ts", cron)],
+    &["--idle-timeout", "200ms"],
+    &[],
+  );
+  assert_eq!(server.get("/hello").await.0, StatusCode::OK);
+  tokio::time::sleep(Duration::from_millis(800)).await;
+  let metrics = server.metrics().await;
+  assert_eq!(metric(&metrics, r#"kiln_instances{function="hello"}"#), 0.0, "{metrics}");
+  assert_eq!(
+    metric(&metrics, r#"kiln_instance_terminations_total{function="hello",cause="idle"}"#),
+    1.0
+  );
+  // The instance that runs the cron job stays.
+  assert_eq!(metric(&metrics, r#"kiln_instances{function="cron"}"#), 1.0, "{metrics}");
+  assert_eq!(server.get("/hello").await.0, StatusCode::OK);
+  let metrics = server.metrics().await;
+  assert_eq!(
+    metric(&metrics, r#"kiln_instance_starts_total{function="hello",result="ok"}"#),
+    2.0
+  );
+}
