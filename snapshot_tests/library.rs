@@ -167,7 +167,7 @@ fn a_runtime_with_extensions_that_were_not_baked_is_refused() {
     assert!(
       err
         .to_string()
-        .contains("first difference: 4 extensions vs 5"),
+        .contains("first difference: 7 extensions vs 8"),
       "{err}"
     );
   });

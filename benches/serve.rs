@@ -1,0 +1,172 @@
+//! `kiln serve` over real HTTP on loopback, host in process:
+//!
+//! - `cold_first_request`: a request to a function that has never run in
+//!   this process — instance start (isolate thawed from the snapshot), module
+//!   transpile and load, handler — on a fresh connection. Each iteration
+//!   uses a function of its own (`f0`, `f1`, ...), evicted afterwards,
+//!   outside the timing;
+//! - `cold_restart`: the same function again after its instance was evicted
+//!   (transpiled module cached): the cost of an instance start on demand;
+//! - `warm_request`: one request on a keep-alive connection to a running
+//!   instance (latency);
+//! - `warm_throughput`: 128 requests over 8 concurrent keep-alive
+//!   connections, 2 instances (throughput; criterion reports elements/s).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::Criterion;
+use criterion::Throughput;
+use criterion::criterion_group;
+use criterion::criterion_main;
+use http_body_util::BodyExt;
+use http_body_util::Empty;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kiln::host::Host;
+use kiln::host::HostOptions;
+
+/// Functions written for the cold bench; more than any criterion run uses.
+const COLD_FUNCTIONS: usize = 3000;
+
+const HELLO: &str = "export default { fetch: () => new Response(\"Hello from kiln!\") };\n";
+
+async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+  let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+  let _ = stream.set_nodelay(true);
+  let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    .await
+    .expect("handshake");
+  tokio::spawn(connection);
+  sender
+}
+
+async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) {
+  let request = http::Request::get(path)
+    .header("host", "bench")
+    .body(Empty::new())
+    .expect("request");
+  let response = sender.send_request(request).await.expect("response");
+  assert_eq!(response.status(), 200, "{path}");
+  let body = response.into_body().collect().await.expect("body").to_bytes();
+  assert_eq!(&body[..], b"Hello from kiln!");
+}
+
+fn serve(c: &mut Criterion) {
+  let dir = tempfile::tempdir().expect("tempdir");
+  std::fs::write(dir.path().join("hello.ts"), HELLO).expect("write");
+  for i in 0..COLD_FUNCTIONS {
+    std::fs::write(dir.path().join(format!("f{i}.ts")), HELLO).expect("write");
+  }
+  let tokio = tokio::runtime::Builder::new_multi_thread()
+    .enable_all()
+    .build()
+    .expect("tokio");
+  let mut options = HostOptions::new(dir.path());
+  // Instances start on first request; nothing is evicted behind our back.
+  options.preload = false;
+  options.max_instances = 2;
+  options.idle_timeout = Duration::from_secs(3600);
+  let (host, addr) = tokio.block_on(async {
+    let host = Host::new(options).expect("host");
+    host.start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(kiln::host::serve(host.clone(), listener, std::future::pending()));
+    (host, addr)
+  });
+  let host: Arc<Host> = host;
+
+  let mut g = c.benchmark_group("serve");
+  g.sample_size(30);
+  g.measurement_time(Duration::from_secs(6));
+
+  let next = AtomicUsize::new(0);
+  g.bench_function("cold_first_request", |b| {
+    b.iter_custom(|iters| {
+      tokio.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+          let i = next.fetch_add(1, Ordering::Relaxed);
+          assert!(i < COLD_FUNCTIONS, "more iterations than prepared functions");
+          let name = format!("f{i}");
+          let started = Instant::now();
+          let mut sender = connect(addr).await;
+          get(&mut sender, &format!("/{name}")).await;
+          total += started.elapsed();
+          drop(sender);
+          // Let the instance finish the request, then stop it so thousands
+          // of isolates do not pile up.
+          tokio::time::sleep(Duration::from_millis(2)).await;
+          host.evict(&name);
+        }
+        total
+      })
+    })
+  });
+
+  g.bench_function("cold_restart", |b| {
+    b.iter_custom(|iters| {
+      tokio.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+          tokio::time::sleep(Duration::from_millis(2)).await;
+          host.evict("hello");
+          let started = Instant::now();
+          let mut sender = connect(addr).await;
+          get(&mut sender, "/hello").await;
+          total += started.elapsed();
+        }
+        total
+      })
+    })
+  });
+
+  g.sample_size(100);
+  g.measurement_time(Duration::from_secs(5));
+  let mut sender = tokio.block_on(connect(addr));
+  g.bench_function("warm_request", |b| {
+    b.iter(|| tokio.block_on(get(&mut sender, "/hello")))
+  });
+
+  const CONNECTIONS: usize = 8;
+  const PER_CONNECTION: usize = 16;
+  g.throughput(Throughput::Elements((CONNECTIONS * PER_CONNECTION) as u64));
+  let mut senders: Vec<_> = tokio.block_on(async {
+    let mut v = Vec::new();
+    for _ in 0..CONNECTIONS {
+      v.push(connect(addr).await);
+    }
+    v
+  });
+  g.bench_function("warm_throughput", |b| {
+    b.iter(|| {
+      tokio.block_on(async {
+        let tasks: Vec<_> = senders
+          .drain(..)
+          .map(|mut sender| {
+            tokio::spawn(async move {
+              for _ in 0..PER_CONNECTION {
+                get(&mut sender, "/hello").await;
+              }
+              sender
+            })
+          })
+          .collect();
+        for task in tasks {
+          senders.push(task.await.expect("client task"));
+        }
+      })
+    })
+  });
+  g.finish();
+  tokio.block_on(host.close());
+}
+
+criterion_group!(benches, serve);
+criterion_main!(benches);
