@@ -12,6 +12,7 @@
 //! - `warm_throughput`: 128 requests over 8 concurrent keep-alive
 //!   connections, 2 instances (throughput; criterion reports elements/s).
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -51,9 +52,17 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) {
     .header("host", "bench")
     .body(Empty::new())
     .expect("request");
+  // A keep-alive connection takes the next request once the previous
+  // response has been read in full.
+  sender.ready().await.expect("connection ready");
   let response = sender.send_request(request).await.expect("response");
   assert_eq!(response.status(), 200, "{path}");
-  let body = response.into_body().collect().await.expect("body").to_bytes();
+  let body = response
+    .into_body()
+    .collect()
+    .await
+    .expect("body")
+    .to_bytes();
   assert_eq!(&body[..], b"Hello from kiln!");
 }
 
@@ -75,9 +84,15 @@ fn serve(c: &mut Criterion) {
   let (host, addr) = tokio.block_on(async {
     let host = Host::new(options).expect("host");
     host.start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+      .await
+      .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(kiln::host::serve(host.clone(), listener, std::future::pending()));
+    tokio::spawn(kiln::host::serve(
+      host.clone(),
+      listener,
+      std::future::pending(),
+    ));
     (host, addr)
   });
   let host: Arc<Host> = host;
@@ -87,18 +102,24 @@ fn serve(c: &mut Criterion) {
   g.measurement_time(Duration::from_secs(6));
 
   let next = AtomicUsize::new(0);
+  let cold = RefCell::new(Vec::new());
   g.bench_function("cold_first_request", |b| {
     b.iter_custom(|iters| {
       tokio.block_on(async {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
           let i = next.fetch_add(1, Ordering::Relaxed);
-          assert!(i < COLD_FUNCTIONS, "more iterations than prepared functions");
+          assert!(
+            i < COLD_FUNCTIONS,
+            "more iterations than prepared functions"
+          );
           let name = format!("f{i}");
           let started = Instant::now();
           let mut sender = connect(addr).await;
           get(&mut sender, &format!("/{name}")).await;
-          total += started.elapsed();
+          let elapsed = started.elapsed();
+          cold.borrow_mut().push(elapsed);
+          total += elapsed;
           drop(sender);
           // Let the instance finish the request, then stop it so thousands
           // of isolates do not pile up.
@@ -130,8 +151,21 @@ fn serve(c: &mut Criterion) {
   g.sample_size(100);
   g.measurement_time(Duration::from_secs(5));
   let mut sender = tokio.block_on(connect(addr));
+  let warm = RefCell::new(Vec::new());
   g.bench_function("warm_request", |b| {
-    b.iter(|| tokio.block_on(get(&mut sender, "/hello")))
+    b.iter_custom(|iters| {
+      tokio.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+          let started = Instant::now();
+          get(&mut sender, "/hello").await;
+          let elapsed = started.elapsed();
+          warm.borrow_mut().push(elapsed);
+          total += elapsed;
+        }
+        total
+      })
+    })
   });
 
   const CONNECTIONS: usize = 8;
@@ -166,6 +200,26 @@ fn serve(c: &mut Criterion) {
   });
   g.finish();
   tokio.block_on(host.close());
+  // Criterion reports per-sample means; these are the single requests.
+  report("serve/cold_first_request", cold.into_inner());
+  report("serve/warm_request", warm.into_inner());
+}
+
+/// Prints percentiles of individual request latencies.
+fn report(name: &str, mut samples: Vec<Duration>) {
+  if samples.is_empty() {
+    return;
+  }
+  samples.sort();
+  let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+  println!(
+    "{name} (single requests): n={} p50={:.3?} p90={:.3?} p99={:.3?} max={:.3?}",
+    samples.len(),
+    at(0.5),
+    at(0.9),
+    at(0.99),
+    samples[samples.len() - 1]
+  );
 }
 
 criterion_group!(benches, serve);

@@ -29,7 +29,8 @@ use tokio::sync::mpsc;
 struct Server {
   child: Child,
   addr: SocketAddr,
-  dir: tempfile::TempDir,
+  /// Holds the functions and the log until the server is gone.
+  _dir: tempfile::TempDir,
   stderr: PathBuf,
 }
 
@@ -75,7 +76,7 @@ impl Server {
     Server {
       child,
       addr,
-      dir,
+      _dir: dir,
       stderr,
     }
   }
@@ -107,7 +108,6 @@ impl Drop for Server {
   fn drop(&mut self) {
     let _ = self.child.kill();
     let _ = self.child.wait();
-    let _ = &self.dir;
   }
 }
 
@@ -186,16 +186,32 @@ async fn hello_function_health_and_404() {
   assert_eq!(response.headers()["x-kiln"], "yes");
   assert_eq!(text(response).await, "hello from /hello/sub at kiln.test\n");
 
-  assert_eq!(server.get("/_kiln/health").await, (StatusCode::OK, "ok\n".into()));
+  assert_eq!(
+    server.get("/_kiln/health").await,
+    (StatusCode::OK, "ok\n".into())
+  );
   let (status, body) = server.get("/nope").await;
   assert_eq!(status, StatusCode::NOT_FOUND);
   assert_eq!(body, r#"{"error":"no function serves /nope"}"#);
   assert_eq!(server.get("/").await.0, StatusCode::NOT_FOUND);
 
   let metrics = server.metrics().await;
-  assert_eq!(metric(&metrics, r#"kiln_requests_total{function="hello",status="200"}"#), 1.0);
-  assert_eq!(metric(&metrics, r#"kiln_requests_total{function="",status="404"}"#), 2.0);
-  assert!(server.stderr().contains("GET /hello/sub 200 hello"), "{}", server.stderr());
+  assert_eq!(
+    metric(
+      &metrics,
+      r#"kiln_requests_total{function="hello",status="200"}"#
+    ),
+    1.0
+  );
+  assert_eq!(
+    metric(&metrics, r#"kiln_requests_total{function="",status="404"}"#),
+    2.0
+  );
+  assert!(
+    server.stderr().contains("GET /hello/sub 200 hello"),
+    "{}",
+    server.stderr()
+  );
 }
 
 #[tokio::test]
@@ -238,7 +254,10 @@ async fn json_echo_with_a_streamed_request_body() {
   feeder.await.unwrap();
   assert_eq!(response.status(), StatusCode::OK);
   let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
-  assert_eq!(body["json"], serde_json::json!({"greeting": "hi", "n": [1, 2, 3]}));
+  assert_eq!(
+    body["json"],
+    serde_json::json!({"greeting": "hi", "n": [1, 2, 3]})
+  );
   assert_eq!(body["method"], "POST");
   assert_eq!(body["type"], "application/json");
   // The body arrived in pieces, as it was sent.
@@ -297,12 +316,18 @@ async fn functions_that_fail_to_load_are_isolated() {
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
   let error: serde_json::Value = serde_json::from_str(&body).unwrap();
   let message = error["error"].as_str().unwrap();
-  assert!(message.starts_with("function 'broken' failed to load: SyntaxError"), "{message}");
+  assert!(
+    message.starts_with("function 'broken' failed to load: SyntaxError"),
+    "{message}"
+  );
   assert!(message.contains("broken.ts:1:"), "{message}");
 
   let (status, body) = server.get("/throws").await;
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-  assert!(body.contains("function 'throws' failed to load: Error: no config"), "{body}");
+  assert!(
+    body.contains("function 'throws' failed to load: Error: no config"),
+    "{body}"
+  );
 
   let (status, body) = server.get("/nofetch").await;
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -312,9 +337,15 @@ async fn functions_that_fail_to_load_are_isolated() {
   );
 
   let (status, body) = server.get("/hello").await;
-  assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from /hello at kiln.test\n"));
+  assert_eq!(
+    (status, body.as_str()),
+    (StatusCode::OK, "hello from /hello at kiln.test\n")
+  );
   let log = server.stderr();
-  assert!(log.contains("function 'broken' failed to load: SyntaxError"), "{log}");
+  assert!(
+    log.contains("function 'broken' failed to load: SyntaxError"),
+    "{log}"
+  );
 }
 
 #[tokio::test]
@@ -330,9 +361,15 @@ async fn handler_errors_are_500_with_the_error() {
   let server = Server::start(&[("bad.ts", bad)], &[], &[]);
   let (status, body) = server.get("/bad").await;
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-  assert!(body.starts_with(r#"{"error":"RangeError: out of range"#), "{body}");
+  assert!(
+    body.starts_with(r#"{"error":"RangeError: out of range"#),
+    "{body}"
+  );
   assert!(body.contains("bad.ts:5:15"), "source-mapped frame: {body}");
-  assert!(!body.contains("ext:kiln_serve"), "host frames are hidden: {body}");
+  assert!(
+    !body.contains("ext:kiln_serve"),
+    "host frames are hidden: {body}"
+  );
   let (status, body) = server.get("/bad/type").await;
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
   assert!(body.contains("must return a Response"), "{body}");
@@ -348,19 +385,29 @@ async fn infinite_loop_gets_504_within_the_timeout_and_the_function_recovers() {
       },
     };
   "#;
-  let server = Server::start(&[("spin.ts", spin), ("hello.ts", HELLO)], &["--timeout-ms", "500"], &[]);
+  let server = Server::start(
+    &[("spin.ts", spin), ("hello.ts", HELLO)],
+    &["--timeout-ms", "500"],
+    &[],
+  );
   let started = Instant::now();
   let (status, body) = server.get("/spin?spin").await;
   let elapsed = started.elapsed();
   assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-  assert_eq!(body, r#"{"error":"function 'spin' timed out after 500 ms"}"#);
+  assert_eq!(
+    body,
+    r#"{"error":"function 'spin' timed out after 500 ms"}"#
+  );
   assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
   assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
   assert_eq!(server.get("/spin").await, (StatusCode::OK, "alive".into()));
   assert_eq!(server.get("/hello").await.0, StatusCode::OK);
   let metrics = server.metrics().await;
   assert_eq!(
-    metric(&metrics, r#"kiln_instance_terminations_total{function="spin",cause="timeout"}"#),
+    metric(
+      &metrics,
+      r#"kiln_instance_terminations_total{function="spin",cause="timeout"}"#
+    ),
     1.0
   );
 }
@@ -378,15 +425,25 @@ async fn heap_exhaustion_gets_500_and_the_function_recovers() {
       },
     };
   "#;
-  let server = Server::start(&[("eat.ts", eat), ("hello.ts", HELLO)], &["--max-heap-mb", "32"], &[]);
+  let server = Server::start(
+    &[("eat.ts", eat), ("hello.ts", HELLO)],
+    &["--max-heap-mb", "32"],
+    &[],
+  );
   let (status, body) = server.get("/eat?eat").await;
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-  assert!(body.contains("function 'eat' ran out of memory (limit 32 MiB)"), "{body}");
+  assert!(
+    body.contains("function 'eat' ran out of memory (limit 32 MiB)"),
+    "{body}"
+  );
   assert_eq!(server.get("/eat").await, (StatusCode::OK, "fine".into()));
   assert_eq!(server.get("/hello").await.0, StatusCode::OK);
   let metrics = server.metrics().await;
   assert_eq!(
-    metric(&metrics, r#"kiln_instance_terminations_total{function="eat",cause="out_of_memory"}"#),
+    metric(
+      &metrics,
+      r#"kiln_instance_terminations_total{function="eat",cause="out_of_memory"}"#
+    ),
     1.0
   );
 }
@@ -398,7 +455,11 @@ async fn request_body_over_the_limit_gets_413() {
   "#;
   let server = Server::start(&[("size.ts", echo)], &["--max-body-bytes", "1000"], &[]);
   // Declared length.
-  let response = send(server.addr, request("POST", "/size", full(vec![b'x'; 1001]))).await;
+  let response = send(
+    server.addr,
+    request("POST", "/size", full(vec![b'x'; 1001])),
+  )
+  .await;
   assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
   assert_eq!(
     text(response).await,
@@ -413,11 +474,19 @@ async fn request_body_over_the_limit_gets_413() {
       }
     }
   });
-  let response = send(server.addr, request("POST", "/size", BodyExt::boxed(ChannelBody(rx)))).await;
+  let response = send(
+    server.addr,
+    request("POST", "/size", BodyExt::boxed(ChannelBody(rx))),
+  )
+  .await;
   assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
   feeder.abort();
   // At the limit is fine.
-  let response = send(server.addr, request("POST", "/size", full(vec![b'x'; 1000]))).await;
+  let response = send(
+    server.addr,
+    request("POST", "/size", full(vec![b'x'; 1000])),
+  )
+  .await;
   assert_eq!(response.status(), StatusCode::OK);
   assert_eq!(text(response).await, "1000");
 }
@@ -459,11 +528,21 @@ async fn concurrent_requests_to_several_functions() {
   }
   // 4 requests per function, 2 instances each, 200 ms per request: two
   // rounds, not four.
-  assert!(started.elapsed() < Duration::from_millis(790), "{:?}", started.elapsed());
+  assert!(
+    started.elapsed() < Duration::from_millis(790),
+    "{:?}",
+    started.elapsed()
+  );
   let metrics = server.metrics().await;
   for f in ["a", "b", "c"] {
-    let starts = metric(&metrics, &format!(r#"kiln_instance_starts_total{{function="{f}",result="ok"}}"#));
-    assert_eq!(starts, 2.0, "{f}: at most --max-instances instances\n{metrics}");
+    let starts = metric(
+      &metrics,
+      &format!(r#"kiln_instance_starts_total{{function="{f}",result="ok"}}"#),
+    );
+    assert_eq!(
+      starts, 2.0,
+      "{f}: at most --max-instances instances\n{metrics}"
+    );
   }
 }
 
@@ -553,7 +632,10 @@ async fn functions_can_fetch_over_loopback() {
   assert_eq!(response.status(), StatusCode::OK);
   assert_eq!(
     text(response).await,
-    format!("proxied 200: hello from /hello/from-proxy at {}\n", server.addr)
+    format!(
+      "proxied 200: hello from /hello/from-proxy at {}\n",
+      server.addr
+    )
   );
 }
 
@@ -571,17 +653,53 @@ async fn idle_instances_are_evicted_and_restarted_on_demand() {
   assert_eq!(server.get("/hello").await.0, StatusCode::OK);
   tokio::time::sleep(Duration::from_millis(800)).await;
   let metrics = server.metrics().await;
-  assert_eq!(metric(&metrics, r#"kiln_instances{function="hello"}"#), 0.0, "{metrics}");
   assert_eq!(
-    metric(&metrics, r#"kiln_instance_terminations_total{function="hello",cause="idle"}"#),
+    metric(&metrics, r#"kiln_instances{function="hello"}"#),
+    0.0,
+    "{metrics}"
+  );
+  assert_eq!(
+    metric(
+      &metrics,
+      r#"kiln_instance_terminations_total{function="hello",cause="idle"}"#
+    ),
     1.0
   );
   // The instance that runs the cron job stays.
-  assert_eq!(metric(&metrics, r#"kiln_instances{function="cron"}"#), 1.0, "{metrics}");
+  assert_eq!(
+    metric(&metrics, r#"kiln_instances{function="cron"}"#),
+    1.0,
+    "{metrics}"
+  );
   assert_eq!(server.get("/hello").await.0, StatusCode::OK);
   let metrics = server.metrics().await;
   assert_eq!(
-    metric(&metrics, r#"kiln_instance_starts_total{function="hello",result="ok"}"#),
+    metric(
+      &metrics,
+      r#"kiln_instance_starts_total{function="hello",result="ok"}"#
+    ),
     2.0
+  );
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge() {
+  let server = Server::start(&[("hello.ts", HELLO)], &[], &[]);
+  let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+  let (mut sender, connection) = hyper::client::conn::http2::handshake(
+    hyper_util::rt::TokioExecutor::new(),
+    TokioIo::new(stream),
+  )
+  .await
+  .unwrap();
+  tokio::spawn(connection);
+  let uri = format!("http://{}/hello", server.addr);
+  let request = Request::get(uri).body(empty()).unwrap();
+  let response = sender.send_request(request).await.unwrap();
+  assert_eq!(response.version(), http::Version::HTTP_2);
+  assert_eq!(response.status(), StatusCode::OK);
+  assert_eq!(
+    text(response).await,
+    format!("hello from /hello at {}\n", server.addr)
   );
 }

@@ -22,7 +22,10 @@ use crate::extensions::serve::ResponseBody;
 /// Streams `incoming` into a channel for the isolate. Past `limit` bytes the
 /// stream ends with an error and the returned flag is set (the host then
 /// answers 413).
-pub(crate) fn pump_request_body(mut incoming: Incoming, limit: u64) -> (RequestBody, Arc<AtomicBool>) {
+pub(crate) fn pump_request_body(
+  mut incoming: Incoming,
+  limit: u64,
+) -> (RequestBody, Arc<AtomicBool>) {
   let (tx, rx) = mpsc::channel(4);
   let too_large = Arc::new(AtomicBool::new(false));
   let flag = too_large.clone();

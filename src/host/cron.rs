@@ -17,8 +17,8 @@ use crate::extensions::cron::CronError;
 use crate::extensions::cron::CronHandle;
 use crate::extensions::cron::CronHandler;
 use crate::extensions::cron::CronSpec;
-use crate::extensions::cron::local::LocalCronHandle;
 use crate::extensions::cron::LocalCronHandler;
+use crate::extensions::cron::local::LocalCronHandle;
 
 /// The cron backend of one instance.
 pub(crate) struct HostCronHandler {
@@ -31,7 +31,12 @@ pub(crate) struct HostCronHandler {
 }
 
 impl HostCronHandler {
-  pub(crate) fn new(owner: bool, function: Arc<str>, metrics: Arc<Metrics>, jobs: Arc<AtomicUsize>) -> Self {
+  pub(crate) fn new(
+    owner: bool,
+    function: Arc<str>,
+    metrics: Arc<Metrics>,
+    jobs: Arc<AtomicUsize>,
+  ) -> Self {
     HostCronHandler {
       local: LocalCronHandler::default(),
       owner,

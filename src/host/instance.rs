@@ -49,6 +49,8 @@ pub enum StartError {
   OutOfMemory { function: String, mb: usize },
   #[error("function '{function}': cannot start an instance thread: {reason}")]
   Thread { function: String, reason: String },
+  #[error("function '{0}': the host is shutting down")]
+  ShuttingDown(String),
 }
 
 /// How an instance ended, set once by whoever ended it first.
@@ -66,7 +68,11 @@ impl Fate {
   }
 
   pub(crate) fn get(&self) -> Option<(TerminationCause, String)> {
-    self.cause.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    self
+      .cause
+      .lock()
+      .unwrap_or_else(PoisonError::into_inner)
+      .clone()
   }
 }
 
@@ -240,7 +246,9 @@ impl InstanceThread {
     {
       Ok(rt) => rt,
       Err(e) => {
-        let _ = isolate_tx.send(Err(format!("cannot create the instance's tokio runtime: {e}")));
+        let _ = isolate_tx.send(Err(format!(
+          "cannot create the instance's tokio runtime: {e}"
+        )));
         return;
       }
     };

@@ -74,7 +74,11 @@ impl Metrics {
   /// A request answered with `status`; `function` is `""` for requests that
   /// matched no function.
   pub fn request(&self, function: &str, status: u16) {
-    self.with(|c| *c.requests.entry((function.to_string(), status)).or_default() += 1);
+    self.with(|c| {
+      *c.requests
+        .entry((function.to_string(), status))
+        .or_default() += 1
+    });
   }
 
   pub fn in_flight_add(&self, delta: i64) {
@@ -107,7 +111,9 @@ impl Metrics {
     self.with(|c| {
       *c.live_instances.entry(function.to_string()).or_default() -= 1;
       if let Some(cause) = cause {
-        *c.terminations.entry((function.to_string(), cause)).or_default() += 1;
+        *c.terminations
+          .entry((function.to_string(), cause))
+          .or_default() += 1;
       }
     });
   }
@@ -126,7 +132,12 @@ impl Metrics {
   pub fn render(&self) -> String {
     self.with(|c| {
       let mut out = String::new();
-      header(&mut out, "kiln_requests_total", "counter", "Requests answered, by function and status.");
+      header(
+        &mut out,
+        "kiln_requests_total",
+        "counter",
+        "Requests answered, by function and status.",
+      );
       for ((function, status), n) in &c.requests {
         let _ = writeln!(
           out,
@@ -134,13 +145,32 @@ impl Metrics {
           escape(function)
         );
       }
-      header(&mut out, "kiln_requests_in_flight", "gauge", "Requests being handled now.");
+      header(
+        &mut out,
+        "kiln_requests_in_flight",
+        "gauge",
+        "Requests being handled now.",
+      );
       let _ = writeln!(out, "kiln_requests_in_flight {}", c.in_flight);
-      header(&mut out, "kiln_instances", "gauge", "Live isolate instances, by function.");
+      header(
+        &mut out,
+        "kiln_instances",
+        "gauge",
+        "Live isolate instances, by function.",
+      );
       for (function, n) in &c.live_instances {
-        let _ = writeln!(out, "kiln_instances{{function=\"{}\"}} {n}", escape(function));
+        let _ = writeln!(
+          out,
+          "kiln_instances{{function=\"{}\"}} {n}",
+          escape(function)
+        );
       }
-      header(&mut out, "kiln_instance_starts_total", "counter", "Instance starts, by function and result.");
+      header(
+        &mut out,
+        "kiln_instance_starts_total",
+        "counter",
+        "Instance starts, by function and result.",
+      );
       for ((function, result), n) in &c.starts {
         let _ = writeln!(
           out,
@@ -157,13 +187,33 @@ impl Metrics {
       for (function, h) in &c.start_seconds {
         let f = escape(function);
         for (n, bound) in h.buckets.iter().zip(START_BUCKETS) {
-          let _ = writeln!(out, "kiln_instance_start_seconds_bucket{{function=\"{f}\",le=\"{bound}\"}} {n}");
+          let _ = writeln!(
+            out,
+            "kiln_instance_start_seconds_bucket{{function=\"{f}\",le=\"{bound}\"}} {n}"
+          );
         }
-        let _ = writeln!(out, "kiln_instance_start_seconds_bucket{{function=\"{f}\",le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "kiln_instance_start_seconds_sum{{function=\"{f}\"}} {}", h.sum);
-        let _ = writeln!(out, "kiln_instance_start_seconds_count{{function=\"{f}\"}} {}", h.count);
+        let _ = writeln!(
+          out,
+          "kiln_instance_start_seconds_bucket{{function=\"{f}\",le=\"+Inf\"}} {}",
+          h.count
+        );
+        let _ = writeln!(
+          out,
+          "kiln_instance_start_seconds_sum{{function=\"{f}\"}} {}",
+          h.sum
+        );
+        let _ = writeln!(
+          out,
+          "kiln_instance_start_seconds_count{{function=\"{f}\"}} {}",
+          h.count
+        );
       }
-      header(&mut out, "kiln_instance_terminations_total", "counter", "Instances discarded, by function and cause.");
+      header(
+        &mut out,
+        "kiln_instance_terminations_total",
+        "counter",
+        "Instances discarded, by function and cause.",
+      );
       for ((function, cause), n) in &c.terminations {
         let _ = writeln!(
           out,
@@ -172,13 +222,31 @@ impl Metrics {
           cause.label()
         );
       }
-      header(&mut out, "kiln_cron_runs_total", "counter", "Cron job runs, by function.");
+      header(
+        &mut out,
+        "kiln_cron_runs_total",
+        "counter",
+        "Cron job runs, by function.",
+      );
       for (function, n) in &c.cron_runs {
-        let _ = writeln!(out, "kiln_cron_runs_total{{function=\"{}\"}} {n}", escape(function));
+        let _ = writeln!(
+          out,
+          "kiln_cron_runs_total{{function=\"{}\"}} {n}",
+          escape(function)
+        );
       }
-      header(&mut out, "kiln_cron_failures_total", "counter", "Cron job runs that threw, by function.");
+      header(
+        &mut out,
+        "kiln_cron_failures_total",
+        "counter",
+        "Cron job runs that threw, by function.",
+      );
       for (function, n) in &c.cron_failures {
-        let _ = writeln!(out, "kiln_cron_failures_total{{function=\"{}\"}} {n}", escape(function));
+        let _ = writeln!(
+          out,
+          "kiln_cron_failures_total{{function=\"{}\"}} {n}",
+          escape(function)
+        );
       }
       out
     })
@@ -215,10 +283,16 @@ mod tests {
     let text = m.render();
     assert!(text.contains("kiln_requests_total{function=\"hello\",status=\"200\"} 2\n"));
     assert!(text.contains("kiln_requests_total{function=\"\",status=\"404\"} 1\n"));
-    assert!(text.contains("kiln_instance_start_seconds_bucket{function=\"hello\",le=\"0.0025\"} 0\n"));
-    assert!(text.contains("kiln_instance_start_seconds_bucket{function=\"hello\",le=\"0.005\"} 1\n"));
+    assert!(
+      text.contains("kiln_instance_start_seconds_bucket{function=\"hello\",le=\"0.0025\"} 0\n")
+    );
+    assert!(
+      text.contains("kiln_instance_start_seconds_bucket{function=\"hello\",le=\"0.005\"} 1\n")
+    );
     assert!(text.contains("kiln_instance_start_seconds_count{function=\"hello\"} 1\n"));
-    assert!(text.contains("kiln_instance_terminations_total{function=\"hello\",cause=\"timeout\"} 1\n"));
+    assert!(
+      text.contains("kiln_instance_terminations_total{function=\"hello\",cause=\"timeout\"} 1\n")
+    );
     assert!(text.contains("kiln_cron_runs_total{function=\"tick\"} 2\n"));
     assert!(text.contains("kiln_cron_failures_total{function=\"tick\"} 1\n"));
     assert!(text.contains("kiln_instances{function=\"hello\"} 0\n"));

@@ -88,7 +88,9 @@ impl HostOptions {
 /// seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
   let text = text.trim();
-  let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+  let split = text
+    .find(|c: char| !c.is_ascii_digit())
+    .unwrap_or(text.len());
   let (number, unit) = text.split_at(split);
   let n: u64 = number
     .parse()
@@ -98,7 +100,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     "" | "s" => Ok(Duration::from_secs(n)),
     "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
     "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-    _ => Err(format!("invalid duration unit in '{text}': use ms, s, m or h")),
+    _ => Err(format!(
+      "invalid duration unit in '{text}': use ms, s, m or h"
+    )),
   }
 }
 
@@ -106,11 +110,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
   #[error("cannot read the functions directory {}: {source}", dir.display())]
-  ReadDir { dir: PathBuf, source: std::io::Error },
+  ReadDir {
+    dir: PathBuf,
+    source: std::io::Error,
+  },
   #[error("no functions in {}: expected <name>.ts or <name>.js files", .0.display())]
   NoFunctions(PathBuf),
   #[error("cannot listen on {addr}: {source}")]
-  Bind { addr: SocketAddr, source: std::io::Error },
+  Bind {
+    addr: SocketAddr,
+    source: std::io::Error,
+  },
   #[error(transparent)]
   Snapshot(#[from] crate::snapshot::container::ContainerError),
 }
@@ -151,7 +161,10 @@ impl Host {
           start_timeout: options.timeout,
           metrics: metrics.clone(),
         };
-        (name, Arc::new(FunctionPool::new(spec, options.max_instances)))
+        (
+          name,
+          Arc::new(FunctionPool::new(spec, options.max_instances)),
+        )
       })
       .collect();
     Ok(Arc::new(Host {
@@ -192,7 +205,8 @@ impl Host {
       while starts.join_next().await.is_some() {}
     }
     let host = Arc::downgrade(self);
-    let period = (self.options.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let period =
+      (self.options.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     tokio::spawn(async move {
       let mut ticker = tokio::time::interval(period);
       loop {
@@ -236,7 +250,9 @@ impl Host {
     let path = request.uri().path().to_string();
     let (function, response) = self.route(request).await;
     let status = response.status().as_u16();
-    self.metrics.request(function.as_deref().unwrap_or(""), status);
+    self
+      .metrics
+      .request(function.as_deref().unwrap_or(""), status);
     tracing::info!(
       "{method} {path} {status} {} {:.1}ms",
       function.as_deref().unwrap_or("-"),
@@ -245,7 +261,10 @@ impl Host {
     response
   }
 
-  async fn route(self: &Arc<Self>, request: Request<Incoming>) -> (Option<String>, Response<HostBody>) {
+  async fn route(
+    self: &Arc<Self>,
+    request: Request<Incoming>,
+  ) -> (Option<String>, Response<HostBody>) {
     let path = request.uri().path();
     match path {
       "/_kiln/health" => return (None, text(StatusCode::OK, "ok\n")),
@@ -268,7 +287,11 @@ impl Host {
     (Some(name), self.dispatch(pool, request).await)
   }
 
-  async fn dispatch(&self, pool: &Arc<FunctionPool>, request: Request<Incoming>) -> Response<HostBody> {
+  async fn dispatch(
+    &self,
+    pool: &Arc<FunctionPool>,
+    request: Request<Incoming>,
+  ) -> Response<HostBody> {
     let limit = self.options.max_body_bytes;
     let declared = request
       .headers()
@@ -278,6 +301,9 @@ impl Host {
     if declared.is_some_and(|len| len > limit) {
       return too_large(limit);
     }
+    // Counted from here (waiting for an instance included) until the
+    // instance is done with the request.
+    let in_flight = InFlight::new(self.metrics.clone());
     let lease = match pool.acquire().await {
       Ok(lease) => lease,
       Err(e) => {
@@ -285,8 +311,6 @@ impl Host {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
       }
     };
-    self.metrics.in_flight_add(1);
-    let in_flight = InFlight(self.metrics_handle());
 
     let (parts, incoming) = request.into_parts();
     let url = request_url(&parts);
@@ -295,8 +319,8 @@ impl Host {
       .iter()
       .map(|(k, v)| (k.as_str().as_bytes().into(), v.as_bytes().into()))
       .collect();
-    let carries_body =
-      !matches!(parts.method, Method::GET | Method::HEAD) && !hyper::body::Body::is_end_stream(&incoming);
+    let carries_body = !matches!(parts.method, Method::GET | Method::HEAD)
+      && !hyper::body::Body::is_end_stream(&incoming);
     let (body, too_big) = if carries_body {
       let (rx, flag) = body::pump_request_body(incoming, limit);
       (Some(rx), Some(flag))
@@ -320,7 +344,11 @@ impl Host {
     }
     let deadline = tokio::time::Instant::now() + self.options.timeout;
     let reply = tokio::time::timeout_at(deadline, reply_rx).await;
-    let exceeded = || too_big.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire));
+    let exceeded = || {
+      too_big
+        .as_ref()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+    };
     let outcome = match reply {
       Err(_) => {
         lease.instance.terminate(TerminationCause::Timeout);
@@ -353,15 +381,18 @@ impl Host {
       Ok(response) => into_http_response(response, pool.name()),
     }
   }
-
-  fn metrics_handle(&self) -> Arc<Metrics> {
-    self.metrics.clone()
-  }
 }
 
 /// Decrements the in-flight gauge when the request is done with its
 /// instance.
 struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+  fn new(metrics: Arc<Metrics>) -> Self {
+    metrics.in_flight_add(1);
+    InFlight(metrics)
+  }
+}
 
 impl Drop for InFlight {
   fn drop(&mut self) {
@@ -384,7 +415,10 @@ fn finish_in_background(
       Ok(Ok(())) => pool.release(lease),
       Ok(Err(_)) => pool.discard(lease),
       Err(_) => {
-        tracing::warn!(function = pool.name(), "response body not finished within the timeout; instance terminated");
+        tracing::warn!(
+          function = pool.name(),
+          "response body not finished within the timeout; instance terminated"
+        );
         lease.instance.terminate(TerminationCause::Timeout);
         pool.discard(lease);
       }

@@ -80,10 +80,12 @@ impl FunctionPool {
   /// An instance for one request: an idle one, or a new one while fewer
   /// than `max_instances` are busy; otherwise waits for one to be free.
   pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, StartError> {
-    let permit = self.permits.clone().acquire_owned().await.map_err(|_| StartError::Load {
-      function: self.spec.function.to_string(),
-      reason: "the host is shutting down".into(),
-    })?;
+    let permit = self
+      .permits
+      .clone()
+      .acquire_owned()
+      .await
+      .map_err(|_| StartError::ShuttingDown(self.spec.function.to_string()))?;
     loop {
       let candidate = self.idle().pop();
       match candidate {

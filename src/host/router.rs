@@ -34,8 +34,14 @@ pub fn discover(dir: &Path) -> std::io::Result<(BTreeMap<String, PathBuf>, Vec<S
   entries.sort();
   for path in entries {
     let (Some(stem), Some(ext)) = (
-      path.file_stem().and_then(|s| s.to_str()).map(str::to_string),
-      path.extension().and_then(|s| s.to_str()).map(str::to_string),
+      path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string),
+      path
+        .extension()
+        .and_then(|s| s.to_str())
+        .map(str::to_string),
     ) else {
       continue;
     };
@@ -115,7 +121,15 @@ mod tests {
   #[test]
   fn discovers_functions_and_reports_skipped_files() {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["a.ts", "a.js", "b.mjs", "c.d.ts", "notes.md", "_kiln.ts", "bad name.ts"] {
+    for f in [
+      "a.ts",
+      "a.js",
+      "b.mjs",
+      "c.d.ts",
+      "notes.md",
+      "_kiln.ts",
+      "bad name.ts",
+    ] {
       std::fs::write(dir.path().join(f), "").unwrap();
     }
     std::fs::create_dir(dir.path().join("sub.ts")).unwrap();

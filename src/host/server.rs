@@ -54,7 +54,10 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, shutdown: impl Future
   drop(listener);
   let grace = host.options().grace_period;
   tracing::info!("shutting down: finishing in-flight requests (grace period {grace:?})");
-  if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+  if tokio::time::timeout(grace, graceful.shutdown())
+    .await
+    .is_err()
+  {
     tracing::warn!("grace period over; closing the remaining connections");
   }
   host.close().await;
