@@ -42,11 +42,21 @@ impl Server {
     for (name, source) in functions {
       std::fs::write(fns.join(name), source).unwrap();
     }
+    Server::start_dir(dir, &fns, flags, env)
+  }
+
+  /// Serves `fns`; `dir` receives the log.
+  fn start_dir(
+    dir: tempfile::TempDir,
+    fns: &std::path::Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+  ) -> Server {
     let stderr = dir.path().join("stderr.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
     cmd
       .arg("serve")
-      .arg(&fns)
+      .arg(fns)
       .args(["--listen", "127.0.0.1:0"])
       .args(flags)
       .env("NO_COLOR", "1")
@@ -702,4 +712,27 @@ async fn http2_with_prior_knowledge() {
     text(response).await,
     format!("hello from /hello at {}\n", server.addr)
   );
+}
+
+#[tokio::test]
+async fn the_example_functions_work() {
+  let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/functions");
+  let server = Server::start_dir(tempfile::tempdir().unwrap(), &examples, &[], &[]);
+  assert_eq!(
+    server.get("/hello?name=tests").await,
+    (StatusCode::OK, "Hello from tests!\n".into())
+  );
+  let response = send(server.addr, request("POST", "/api/echo", full(r#"{"a":[1,2]}"#))).await;
+  assert_eq!(response.status(), StatusCode::OK);
+  assert_eq!(
+    text(response).await,
+    r#"{"received":{"a":[1,2]},"method":"POST","path":"/api/echo"}"#
+  );
+  let (status, body) = server.get("/api/missing").await;
+  assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, r#"{"error":"no route /api/missing"}"#));
+  // The job runs on the minute; the count depends on the wall clock.
+  let (status, body) = server.get("/ticker").await;
+  assert_eq!(status, StatusCode::OK);
+  let ticker: serde_json::Value = serde_json::from_str(&body).unwrap();
+  assert!(ticker["runs"].is_u64() && ticker.get("last").is_some(), "{body}");
 }
