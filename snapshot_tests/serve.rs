@@ -503,13 +503,16 @@ async fn request_body_over_the_limit_gets_413() {
 
 #[tokio::test]
 async fn concurrent_requests_to_several_functions() {
+  // Each instance names itself once, at module load.
   let slow = |name: &str| {
     format!(
       r#"
+      const instance = Math.random().toString(36).slice(2);
       export default {{
         async fetch(request: Request) {{
-          await new Promise((r) => setTimeout(r, 200));
-          return new Response("{name} " + new URL(request.url).searchParams.get("i"));
+          await new Promise((r) => setTimeout(r, 400));
+          const i = new URL(request.url).searchParams.get("i");
+          return Response.json({{ function: "{name}", i, instance }});
         }},
       }};
     "#
@@ -521,7 +524,6 @@ async fn concurrent_requests_to_several_functions() {
     &["--max-instances", "2"],
     &[],
   );
-  let started = Instant::now();
   let mut tasks = Vec::new();
   for i in 0..12 {
     let name = ["a", "b", "c"][i % 3];
@@ -531,28 +533,29 @@ async fn concurrent_requests_to_several_functions() {
       (name, i, response.status(), text(response).await)
     }));
   }
+  let mut instances: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> =
+    Default::default();
   for task in tasks {
     let (name, i, status, body) = task.await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, format!("{name} {i}"));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["function"], name);
+    assert_eq!(body["i"], i.to_string());
+    instances
+      .entry(name)
+      .or_default()
+      .insert(body["instance"].as_str().unwrap().to_string());
   }
-  // 4 requests per function, 2 instances each, 200 ms per request: two
-  // rounds, not four.
-  assert!(
-    started.elapsed() < Duration::from_millis(790),
-    "{:?}",
-    started.elapsed()
-  );
+  // 4 concurrent requests per function: served by exactly --max-instances
+  // isolates each, no more.
   let metrics = server.metrics().await;
   for f in ["a", "b", "c"] {
+    assert_eq!(instances[f].len(), 2, "{f}: {:?}", instances[f]);
     let starts = metric(
       &metrics,
       &format!(r#"kiln_instance_starts_total{{function="{f}",result="ok"}}"#),
     );
-    assert_eq!(
-      starts, 2.0,
-      "{f}: at most --max-instances instances\n{metrics}"
-    );
+    assert_eq!(starts, 2.0, "{f}\n{metrics}");
   }
 }
 
@@ -722,17 +725,30 @@ async fn the_example_functions_work() {
     server.get("/hello?name=tests").await,
     (StatusCode::OK, "Hello from tests!\n".into())
   );
-  let response = send(server.addr, request("POST", "/api/echo", full(r#"{"a":[1,2]}"#))).await;
+  let response = send(
+    server.addr,
+    request("POST", "/api/echo", full(r#"{"a":[1,2]}"#)),
+  )
+  .await;
   assert_eq!(response.status(), StatusCode::OK);
   assert_eq!(
     text(response).await,
     r#"{"received":{"a":[1,2]},"method":"POST","path":"/api/echo"}"#
   );
   let (status, body) = server.get("/api/missing").await;
-  assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, r#"{"error":"no route /api/missing"}"#));
+  assert_eq!(
+    (status, body.as_str()),
+    (
+      StatusCode::NOT_FOUND,
+      r#"{"error":"no route /api/missing"}"#
+    )
+  );
   // The job runs on the minute; the count depends on the wall clock.
   let (status, body) = server.get("/ticker").await;
   assert_eq!(status, StatusCode::OK);
   let ticker: serde_json::Value = serde_json::from_str(&body).unwrap();
-  assert!(ticker["runs"].is_u64() && ticker.get("last").is_some(), "{body}");
+  assert!(
+    ticker["runs"].is_u64() && ticker.get("last").is_some(),
+    "{body}"
+  );
 }

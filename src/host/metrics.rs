@@ -132,52 +132,38 @@ impl Metrics {
   pub fn render(&self) -> String {
     self.with(|c| {
       let mut out = String::new();
-      header(
+      family(
         &mut out,
         "kiln_requests_total",
         "counter",
         "Requests answered, by function and status.",
+        c.requests
+          .iter()
+          .map(|((f, status), n)| (format!("{},status=\"{status}\"", label(f)), *n as f64)),
       );
-      for ((function, status), n) in &c.requests {
-        let _ = writeln!(
-          out,
-          "kiln_requests_total{{function=\"{}\",status=\"{status}\"}} {n}",
-          escape(function)
-        );
-      }
-      header(
+      family(
         &mut out,
         "kiln_requests_in_flight",
         "gauge",
         "Requests being handled now.",
+        [(String::new(), c.in_flight as f64)],
       );
-      let _ = writeln!(out, "kiln_requests_in_flight {}", c.in_flight);
-      header(
+      family(
         &mut out,
         "kiln_instances",
         "gauge",
         "Live isolate instances, by function.",
+        c.live_instances.iter().map(|(f, n)| (label(f), *n as f64)),
       );
-      for (function, n) in &c.live_instances {
-        let _ = writeln!(
-          out,
-          "kiln_instances{{function=\"{}\"}} {n}",
-          escape(function)
-        );
-      }
-      header(
+      family(
         &mut out,
         "kiln_instance_starts_total",
         "counter",
         "Instance starts, by function and result.",
+        c.starts
+          .iter()
+          .map(|((f, result), n)| (format!("{},result=\"{result}\"", label(f)), *n as f64)),
       );
-      for ((function, result), n) in &c.starts {
-        let _ = writeln!(
-          out,
-          "kiln_instance_starts_total{{function=\"{}\",result=\"{result}\"}} {n}",
-          escape(function)
-        );
-      }
       header(
         &mut out,
         "kiln_instance_start_seconds",
@@ -185,69 +171,47 @@ impl Metrics {
         "Time from instance start to serving: snapshot thaw, module load, handler set-up.",
       );
       for (function, h) in &c.start_seconds {
-        let f = escape(function);
+        let f = label(function);
         for (n, bound) in h.buckets.iter().zip(START_BUCKETS) {
           let _ = writeln!(
             out,
-            "kiln_instance_start_seconds_bucket{{function=\"{f}\",le=\"{bound}\"}} {n}"
+            "kiln_instance_start_seconds_bucket{{{f},le=\"{bound}\"}} {n}"
           );
         }
         let _ = writeln!(
           out,
-          "kiln_instance_start_seconds_bucket{{function=\"{f}\",le=\"+Inf\"}} {}",
+          "kiln_instance_start_seconds_bucket{{{f},le=\"+Inf\"}} {}",
           h.count
         );
-        let _ = writeln!(
-          out,
-          "kiln_instance_start_seconds_sum{{function=\"{f}\"}} {}",
-          h.sum
-        );
-        let _ = writeln!(
-          out,
-          "kiln_instance_start_seconds_count{{function=\"{f}\"}} {}",
-          h.count
-        );
+        let _ = writeln!(out, "kiln_instance_start_seconds_sum{{{f}}} {}", h.sum);
+        let _ = writeln!(out, "kiln_instance_start_seconds_count{{{f}}} {}", h.count);
       }
-      header(
+      family(
         &mut out,
         "kiln_instance_terminations_total",
         "counter",
         "Instances discarded, by function and cause.",
+        c.terminations.iter().map(|((f, cause), n)| {
+          (
+            format!("{},cause=\"{}\"", label(f), cause.label()),
+            *n as f64,
+          )
+        }),
       );
-      for ((function, cause), n) in &c.terminations {
-        let _ = writeln!(
-          out,
-          "kiln_instance_terminations_total{{function=\"{}\",cause=\"{}\"}} {n}",
-          escape(function),
-          cause.label()
-        );
-      }
-      header(
+      family(
         &mut out,
         "kiln_cron_runs_total",
         "counter",
         "Cron job runs, by function.",
+        c.cron_runs.iter().map(|(f, n)| (label(f), *n as f64)),
       );
-      for (function, n) in &c.cron_runs {
-        let _ = writeln!(
-          out,
-          "kiln_cron_runs_total{{function=\"{}\"}} {n}",
-          escape(function)
-        );
-      }
-      header(
+      family(
         &mut out,
         "kiln_cron_failures_total",
         "counter",
         "Cron job runs that threw, by function.",
+        c.cron_failures.iter().map(|(f, n)| (label(f), *n as f64)),
       );
-      for (function, n) in &c.cron_failures {
-        let _ = writeln!(
-          out,
-          "kiln_cron_failures_total{{function=\"{}\"}} {n}",
-          escape(function)
-        );
-      }
       out
     })
   }
@@ -256,6 +220,29 @@ impl Metrics {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
   let _ = writeln!(out, "# HELP {name} {help}");
   let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One metric family: its header, then one line per (labels, value).
+fn family(
+  out: &mut String,
+  name: &str,
+  kind: &str,
+  help: &str,
+  samples: impl IntoIterator<Item = (String, f64)>,
+) {
+  header(out, name, kind, help);
+  for (labels, value) in samples {
+    if labels.is_empty() {
+      let _ = writeln!(out, "{name} {value}");
+    } else {
+      let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+  }
+}
+
+/// The `function="..."` label.
+fn label(function: &str) -> String {
+  format!("function=\"{}\"", escape(function))
 }
 
 /// Escapes a label value (backslash, double quote, newline).
