@@ -752,3 +752,72 @@ async fn the_example_functions_work() {
     "{body}"
   );
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_request_does_not_cost_the_instance() {
+  let slow = r#"
+    export default {
+      async fetch() {
+        await new Promise((r) => setTimeout(r, 300));
+        return new Response("done");
+      },
+    };
+  "#;
+  let server = Server::start(&[("slow.ts", slow)], &["--max-instances", "1"], &[]);
+  let addr = server.addr;
+  let abandoned = tokio::spawn(async move { send(addr, request("GET", "/slow", empty())).await });
+  tokio::time::sleep(Duration::from_millis(100)).await;
+  abandoned.abort();
+  let _ = abandoned.await;
+  tokio::time::sleep(Duration::from_millis(400)).await;
+  assert_eq!(server.get("/slow").await, (StatusCode::OK, "done".into()));
+  let metrics = server.metrics().await;
+  // The instance went back to the pool: no second start, nothing discarded.
+  assert_eq!(
+    metric(
+      &metrics,
+      r#"kiln_instance_starts_total{function="slow",result="ok"}"#
+    ),
+    1.0,
+    "{metrics}"
+  );
+  assert_eq!(metric(&metrics, r#"kiln_instances{function="slow"}"#), 1.0);
+  assert_eq!(metric(&metrics, "kiln_requests_in_flight"), 0.0);
+}
+
+#[tokio::test]
+async fn waiting_too_long_for_a_busy_instance_gets_503() {
+  let slow = r#"
+    export default {
+      async fetch() {
+        await new Promise((r) => setTimeout(r, 350));
+        return new Response("done");
+      },
+    };
+  "#;
+  let server = Server::start(
+    &[("slow.ts", slow)],
+    &["--max-instances", "1", "--timeout-ms", "600"],
+    &[],
+  );
+  let mut tasks = Vec::new();
+  for _ in 0..3 {
+    let addr = server.addr;
+    tasks.push(tokio::spawn(async move {
+      let response = send(addr, request("GET", "/slow", empty())).await;
+      (response.status(), text(response).await)
+    }));
+  }
+  let mut results = Vec::new();
+  for task in tasks {
+    results.push(task.await.unwrap());
+  }
+  results.sort();
+  assert_eq!(results[0], (StatusCode::OK, "done".into()));
+  assert_eq!(results[1], (StatusCode::OK, "done".into()));
+  assert_eq!(results[2].0, StatusCode::SERVICE_UNAVAILABLE);
+  assert_eq!(
+    results[2].1,
+    r#"{"error":"function 'slow': all 1 instances stayed busy for 600 ms"}"#
+  );
+}

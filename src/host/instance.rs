@@ -51,6 +51,12 @@ pub enum StartError {
   Thread { function: String, reason: String },
   #[error("function '{0}': the host is shutting down")]
   ShuttingDown(String),
+  #[error("function '{function}': all {instances} instances stayed busy for {ms} ms")]
+  Busy {
+    function: String,
+    instances: usize,
+    ms: u128,
+  },
 }
 
 /// How an instance ended, set once by whoever ended it first.

@@ -284,7 +284,19 @@ impl Host {
       return (None, json_error(StatusCode::NOT_FOUND, &message));
     };
     let name = pool.name().to_string();
-    (Some(name), self.dispatch(pool, request).await)
+    // On its own task: a client that disconnects drops this future, and an
+    // instance must never be dropped mid-request (it goes back to its pool
+    // or is discarded with a recorded cause).
+    let host = self.clone();
+    let pool = pool.clone();
+    let response = match tokio::spawn(async move { host.dispatch(&pool, request).await }).await {
+      Ok(response) => response,
+      Err(e) => json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("function '{name}': request task failed: {e}"),
+      ),
+    };
+    (Some(name), response)
   }
 
   async fn dispatch(
@@ -304,8 +316,12 @@ impl Host {
     // Counted from here (waiting for an instance included) until the
     // instance is done with the request.
     let in_flight = InFlight::new(self.metrics.clone());
-    let lease = match pool.acquire().await {
+    let lease = match pool.acquire(self.options.timeout).await {
       Ok(lease) => lease,
+      Err(e @ StartError::Busy { .. }) => {
+        tracing::warn!("{e}");
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+      }
       Err(e) => {
         tracing::error!("{e}");
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());

@@ -30,6 +30,7 @@ pub(crate) struct Lease {
 
 pub(crate) struct FunctionPool {
   spec: InstanceSpec,
+  max_instances: usize,
   permits: Arc<Semaphore>,
   idle: Mutex<Vec<Instance>>,
   /// Some live instance owns the cron jobs.
@@ -39,9 +40,11 @@ pub(crate) struct FunctionPool {
 
 impl FunctionPool {
   pub(crate) fn new(spec: InstanceSpec, max_instances: usize) -> Self {
+    let max_instances = max_instances.max(1);
     FunctionPool {
       spec,
-      permits: Arc::new(Semaphore::new(max_instances.max(1))),
+      max_instances,
+      permits: Arc::new(Semaphore::new(max_instances)),
       idle: Mutex::new(Vec::new()),
       cron_owner: AtomicBool::new(false),
       closed: AtomicBool::new(false),
@@ -79,12 +82,15 @@ impl FunctionPool {
 
   /// An instance for one request: an idle one, or a new one while fewer
   /// than `max_instances` are busy; otherwise waits for one to be free.
-  pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, StartError> {
-    let permit = self
-      .permits
-      .clone()
-      .acquire_owned()
+  /// Waits at most `wait` for a free slot ([`StartError::Busy`]).
+  pub(crate) async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Lease, StartError> {
+    let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned())
       .await
+      .map_err(|_| StartError::Busy {
+        function: self.spec.function.to_string(),
+        instances: self.max_instances,
+        ms: wait.as_millis(),
+      })?
       .map_err(|_| StartError::ShuttingDown(self.spec.function.to_string()))?;
     loop {
       let candidate = self.idle().pop();
