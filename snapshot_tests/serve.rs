@@ -204,6 +204,13 @@ async fn hello_function_health_and_404() {
   assert_eq!(status, StatusCode::NOT_FOUND);
   assert_eq!(body, r#"{"error":"no function serves /nope"}"#);
   assert_eq!(server.get("/").await.0, StatusCode::NOT_FOUND);
+  let mut bad_host = request("GET", "/hello", empty());
+  bad_host
+    .headers_mut()
+    .insert("host", "not a host/..".parse().unwrap());
+  let response = send(server.addr, bad_host).await;
+  assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+  assert!(text(response).await.contains("invalid Host header"));
 
   let metrics = server.metrics().await;
   assert_eq!(
@@ -216,6 +223,13 @@ async fn hello_function_health_and_404() {
   assert_eq!(
     metric(&metrics, r#"kiln_requests_total{function="",status="404"}"#),
     2.0
+  );
+  assert_eq!(
+    metric(
+      &metrics,
+      r#"kiln_requests_total{function="hello",status="400"}"#
+    ),
+    1.0
   );
   assert!(
     server.stderr().contains("GET /hello/sub 200 hello"),

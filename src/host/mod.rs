@@ -313,6 +313,11 @@ impl Host {
     if declared.is_some_and(|len| len > limit) {
       return too_large(limit);
     }
+    let (parts, incoming) = request.into_parts();
+    let url = match request_url(&parts) {
+      Ok(url) => url,
+      Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
+    };
     // Counted from here (waiting for an instance included) until the
     // instance is done with the request.
     let in_flight = InFlight::new(self.metrics.clone());
@@ -328,8 +333,6 @@ impl Host {
       }
     };
 
-    let (parts, incoming) = request.into_parts();
-    let url = request_url(&parts);
     let headers = parts
       .headers
       .iter()
@@ -457,23 +460,21 @@ fn death_message(function: &str, lease: &Lease, max_heap_bytes: usize) -> String
   }
 }
 
-/// The URL the function sees: scheme, the request's authority (Host header)
-/// and path with query.
-fn request_url(parts: &http::request::Parts) -> String {
-  let authority = parts
-    .uri
-    .authority()
-    .map(|a| a.to_string())
-    .or_else(|| {
-      parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-    })
-    .unwrap_or_else(|| "localhost".to_string());
+/// The URL the function sees: scheme, the request's authority (from the
+/// request target or the Host header) and path with query.
+fn request_url(parts: &http::request::Parts) -> Result<String, String> {
+  let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+    (Some(authority), _) => authority.to_string(),
+    (None, Some(host)) => host
+      .to_str()
+      .ok()
+      .and_then(|h| h.parse::<http::uri::Authority>().ok())
+      .map(|a| a.to_string())
+      .ok_or_else(|| format!("invalid Host header: {host:?}"))?,
+    (None, None) => "localhost".to_string(),
+  };
   let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-  format!("http://{authority}{path}")
+  Ok(format!("http://{authority}{path}"))
 }
 
 fn into_http_response(response: ServeResponse, function: &str) -> Response<HostBody> {
