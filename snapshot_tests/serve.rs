@@ -835,3 +835,22 @@ async fn waiting_too_long_for_a_busy_instance_gets_503() {
     r#"{"error":"function 'slow': all 1 instances stayed busy for 600 ms"}"#
   );
 }
+
+#[test]
+fn a_heap_limit_too_small_to_start_is_refused_up_front() {
+  let dir = tempfile::tempdir().unwrap();
+  std::fs::write(dir.path().join("hello.ts"), HELLO).unwrap();
+  let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    .arg("serve")
+    .arg(dir.path())
+    .args(["--listen", "127.0.0.1:0", "--max-heap-mb", "4"])
+    .env("NO_COLOR", "1")
+    .output()
+    .unwrap();
+  assert_eq!(output.status.code(), Some(1));
+  let stderr = String::from_utf8_lossy(&output.stderr);
+  assert!(
+    stderr.contains("error: --max-heap-mb must be at least 16"),
+    "{stderr}"
+  );
+}

@@ -53,8 +53,9 @@ struct ServeArgs {
   /// Stop an instance after it has been idle this long (e.g. 90s, 5m).
   #[arg(long, default_value = "5m", value_parser = kiln::host::parse_duration)]
   idle_timeout: Duration,
-  /// V8 heap limit per instance, in MiB; an instance that reaches it is
-  /// discarded and its request gets 500.
+  /// V8 heap limit per instance, in MiB (at least 16); an instance that
+  /// reaches it is discarded and its request gets 500. ArrayBuffer contents
+  /// live outside the V8 heap and are not counted.
   #[arg(long, default_value_t = 128)]
   max_heap_mb: usize,
   /// Wall-time limit per request (and per module start-up), in ms; past it
@@ -137,7 +138,7 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     options.max_instances = n;
   }
   options.idle_timeout = args.idle_timeout;
-  options.max_heap_bytes = args.max_heap_mb.max(1) << 20;
+  options.max_heap_bytes = args.max_heap_mb.saturating_mul(1 << 20);
   options.timeout = Duration::from_millis(args.timeout_ms.max(1));
   options.max_body_bytes = args.max_body_bytes;
   options.grace_period = args.grace_period;

@@ -106,9 +106,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
   }
 }
 
+/// The smallest heap an instance can start in: below it V8 runs out of
+/// memory while thawing the snapshot, before any limit handling is in place,
+/// and that aborts the process.
+pub const MIN_HEAP_BYTES: usize = 16 << 20;
+
 /// Why a host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
+  #[error("--max-heap-mb must be at least {} (the snapshot alone needs several MiB)", MIN_HEAP_BYTES >> 20)]
+  HeapTooSmall,
   #[error("cannot read the functions directory {}: {source}", dir.display())]
   ReadDir {
     dir: PathBuf,
@@ -136,6 +143,9 @@ impl Host {
   /// Finds the functions in `options.dir` and checks the snapshot. No
   /// instance runs yet (see [`Host::start`]).
   pub fn new(options: HostOptions) -> Result<Arc<Host>, HostError> {
+    if options.max_heap_bytes < MIN_HEAP_BYTES {
+      return Err(HostError::HeapTooSmall);
+    }
     crate::runtime::prefetch_snapshot();
     let (found, skipped) = router::discover(&options.dir).map_err(|source| HostError::ReadDir {
       dir: options.dir.clone(),
