@@ -441,9 +441,15 @@ async fn heap_exhaustion_gets_500_and_the_function_recovers() {
   let eat = r#"
     export default {
       fetch(request: Request) {
-        if (new URL(request.url).searchParams.has("eat")) {
+        const query = new URL(request.url).searchParams;
+        if (query.has("eat")) {
           const hoard: number[][] = [];
           while (true) hoard.push(new Array(100_000).fill(1.5));
+        }
+        if (query.has("buffers")) {
+          // ArrayBuffer contents live outside the V8 heap; capped too.
+          const hoard: Uint8Array[] = [];
+          while (true) hoard.push(new Uint8Array(8 << 20));
         }
         return new Response("fine");
       },
@@ -461,6 +467,15 @@ async fn heap_exhaustion_gets_500_and_the_function_recovers() {
     "{body}"
   );
   assert_eq!(server.get("/eat").await, (StatusCode::OK, "fine".into()));
+  // Past the ArrayBuffer cap V8's last-resort GC reaches the heap-limit
+  // callback: the same outcome, the process unharmed.
+  let (status, body) = server.get("/eat?buffers").await;
+  assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+  assert!(
+    body.contains("function 'eat' ran out of memory (limit 32 MiB)"),
+    "{body}"
+  );
+  assert_eq!(server.get("/eat").await, (StatusCode::OK, "fine".into()));
   assert_eq!(server.get("/hello").await.0, StatusCode::OK);
   let metrics = server.metrics().await;
   assert_eq!(
@@ -468,7 +483,7 @@ async fn heap_exhaustion_gets_500_and_the_function_recovers() {
       &metrics,
       r#"kiln_instance_terminations_total{function="eat",cause="out_of_memory"}"#
     ),
-    1.0
+    2.0
   );
 }
 

@@ -55,7 +55,7 @@ struct ServeArgs {
   idle_timeout: Duration,
   /// V8 heap limit per instance, in MiB (at least 16); an instance that
   /// reaches it is discarded and its request gets 500. ArrayBuffer contents
-  /// live outside the V8 heap and are not counted.
+  /// (outside the V8 heap) are capped at the same amount.
   #[arg(long, default_value_t = 128)]
   max_heap_mb: usize,
   /// Wall-time limit per request (and per module start-up), in ms; past it

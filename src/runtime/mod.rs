@@ -5,6 +5,7 @@
 //! bootstrap step that applies run-time configuration. It must never evaluate
 //! extension code at start-up: that happened at bake time.
 
+mod allocator;
 mod loader;
 
 use std::path::Path;
@@ -141,9 +142,13 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
     }
   }
 
-  /// Caps the V8 heap of this runtime. Near the cap V8 calls the runtime's
-  /// near-heap-limit callbacks (see [`Runtime::js_runtime`]); past it, the
-  /// process aborts, so hosts terminate execution from such a callback.
+  /// Caps the V8 heap of this runtime, and separately the bytes of live
+  /// ArrayBuffer contents (which live outside the heap) at the same amount.
+  /// Near the heap cap V8 calls the runtime's near-heap-limit callbacks (see
+  /// [`Runtime::js_runtime`]); past it, the process aborts, so hosts
+  /// terminate execution from such a callback. An ArrayBuffer allocation
+  /// past its cap fails; V8 then collects garbage as a last resort, which
+  /// reaches the near-heap-limit callbacks too.
   pub fn max_heap_bytes(mut self, bytes: usize) -> Self {
     self.max_heap_bytes = Some(bytes);
     self
@@ -197,9 +202,11 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
         (raw, self.residual.unwrap_or((&[], &[])))
       }
     };
-    let create_params = self
-      .max_heap_bytes
-      .map(|max| v8::CreateParams::default().heap_limits(0, max));
+    let create_params = self.max_heap_bytes.map(|max| {
+      v8::CreateParams::default()
+        .heap_limits(0, max)
+        .array_buffer_allocator(allocator::capped(max))
+    });
     Runtime::create(
       raw,
       residual,
