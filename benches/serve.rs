@@ -66,6 +66,23 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) {
   assert_eq!(&body[..], b"Hello from kiln!");
 }
 
+/// Times one request on a new connection to `function`, which has no live
+/// instance, then evicts the instance it started (outside the timing): its
+/// teardown finishes before the next timed request, and thousands of
+/// isolates do not pile up.
+async fn cold_request(host: &Host, addr: SocketAddr, function: &str) -> Duration {
+  let started = Instant::now();
+  let mut sender = connect(addr).await;
+  get(&mut sender, &format!("/{function}")).await;
+  let elapsed = started.elapsed();
+  drop(sender);
+  // Let the instance finish the request first.
+  tokio::time::sleep(Duration::from_millis(2)).await;
+  host.evict(function);
+  tokio::time::sleep(Duration::from_millis(8)).await;
+  elapsed
+}
+
 fn serve(c: &mut Criterion) {
   let dir = tempfile::tempdir().expect("tempdir");
   std::fs::write(dir.path().join("hello.ts"), HELLO).expect("write");
@@ -113,20 +130,9 @@ fn serve(c: &mut Criterion) {
             i < COLD_FUNCTIONS,
             "more iterations than prepared functions"
           );
-          let name = format!("f{i}");
-          let started = Instant::now();
-          let mut sender = connect(addr).await;
-          get(&mut sender, &format!("/{name}")).await;
-          let elapsed = started.elapsed();
+          let elapsed = cold_request(&host, addr, &format!("f{i}")).await;
           cold.borrow_mut().push(elapsed);
           total += elapsed;
-          drop(sender);
-          // Let the instance finish the request, then stop it so thousands
-          // of isolates do not pile up; its teardown happens before the
-          // next timing starts.
-          tokio::time::sleep(Duration::from_millis(2)).await;
-          host.evict(&name);
-          tokio::time::sleep(Duration::from_millis(8)).await;
         }
         total
       })
@@ -138,13 +144,7 @@ fn serve(c: &mut Criterion) {
       tokio.block_on(async {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
-          tokio::time::sleep(Duration::from_millis(2)).await;
-          host.evict("hello");
-          tokio::time::sleep(Duration::from_millis(8)).await;
-          let started = Instant::now();
-          let mut sender = connect(addr).await;
-          get(&mut sender, "/hello").await;
-          total += started.elapsed();
+          total += cold_request(&host, addr, "hello").await;
         }
         total
       })

@@ -95,9 +95,7 @@ export const loadedScripts = ObjectFreeze([
 ]);
 
 /** Script exports that other kiln extensions build on. */
-export const webScripts = ObjectFreeze({
-  streams, headers, formData, body, request, response, fetch: fetchMod,
-});
+export const webScripts = ObjectFreeze({ streams, request, response });
 
 /**
  * Functions the Rust host calls into (e.g. `serve`), set by extensions at

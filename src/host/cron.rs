@@ -5,7 +5,6 @@
 //! names, limits and errors apply) but their jobs never fire.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
@@ -57,7 +56,7 @@ impl CronHandler for HostCronHandler {
       inner,
       owner: self.owner,
       first: Cell::new(true),
-      closed: Rc::new(Notify::new()),
+      closed: Notify::new(),
       function: self.function.clone(),
       metrics: self.metrics.clone(),
       jobs: self.jobs.clone(),
@@ -70,7 +69,7 @@ pub(crate) struct HostCronHandle {
   inner: LocalCronHandle,
   owner: bool,
   first: Cell<bool>,
-  closed: Rc<Notify>,
+  closed: Notify,
   function: Arc<str>,
   metrics: Arc<Metrics>,
   jobs: Arc<AtomicUsize>,

@@ -189,10 +189,6 @@ impl Host {
     self.functions.keys().map(String::as_str)
   }
 
-  pub fn metrics(&self) -> &Metrics {
-    &self.metrics
-  }
-
   pub fn options(&self) -> &HostOptions {
     &self.options
   }
@@ -519,7 +515,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<HostBody> {
 }
 
 /// `{"error": message}` with `status`.
-pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<HostBody> {
+fn json_error(status: StatusCode, message: &str) -> Response<HostBody> {
   let body = serde_json::json!({ "error": message }).to_string();
   let mut response = text(status, body);
   response.headers_mut().insert(

@@ -25,7 +25,8 @@ pub struct Skipped {
 /// Finds the functions of `dir`: name → module path, plus the files that
 /// look like functions but are not served.
 pub fn discover(dir: &Path) -> std::io::Result<(BTreeMap<String, PathBuf>, Vec<Skipped>)> {
-  let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
+  // name -> (rank of its extension, path)
+  let mut found: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
   let mut skipped = Vec::new();
   let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
     .filter_map(|e| e.ok().map(|e| e.path()))
@@ -34,51 +35,39 @@ pub fn discover(dir: &Path) -> std::io::Result<(BTreeMap<String, PathBuf>, Vec<S
   entries.sort();
   for path in entries {
     let (Some(stem), Some(ext)) = (
-      path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .map(str::to_string),
-      path
-        .extension()
-        .and_then(|s| s.to_str())
-        .map(str::to_string),
+      path.file_stem().and_then(|s| s.to_str()),
+      path.extension().and_then(|s| s.to_str()),
     ) else {
       continue;
     };
-    let stem = stem.as_str();
     let Some(rank) = EXTENSIONS.iter().position(|e| *e == ext) else {
       continue;
     };
     if stem.ends_with(".d") {
       continue; // type declarations
     }
-    if let Err(reason) = check_name(stem) {
+    let name = stem.to_string();
+    if let Err(reason) = check_name(&name) {
       skipped.push(Skipped { path, reason });
       continue;
     }
-    match found.get(stem) {
-      Some(existing) => {
-        let existing_rank = existing
-          .extension()
-          .and_then(|e| e.to_str())
-          .and_then(|e| EXTENSIONS.iter().position(|x| *x == e))
-          .unwrap_or(usize::MAX);
-        let (keep, drop) = if rank < existing_rank {
-          (path, existing.clone())
-        } else {
-          (existing.clone(), path)
-        };
-        skipped.push(Skipped {
-          reason: format!("'{stem}' is already served from {}", keep.display()),
-          path: drop,
-        });
-        found.insert(stem.to_string(), keep);
-      }
-      None => {
-        found.insert(stem.to_string(), path);
-      }
+    let (keep, drop) = match found.remove(&name) {
+      None => ((rank, path), None),
+      Some(existing) if rank < existing.0 => ((rank, path), Some(existing.1)),
+      Some(existing) => (existing, Some(path)),
+    };
+    if let Some(drop) = drop {
+      skipped.push(Skipped {
+        reason: format!("'{name}' is already served from {}", keep.1.display()),
+        path: drop,
+      });
     }
+    found.insert(name, keep);
   }
+  let found = found
+    .into_iter()
+    .map(|(name, (_, path))| (name, path))
+    .collect();
   Ok((found, skipped))
 }
 

@@ -298,7 +298,7 @@ impl Runtime {
   }
 
   /// A function the glue registered for the host under `hostHooks[name]`.
-  pub(crate) fn host_hook(&mut self, name: &str) -> Option<v8::Global<v8::Function>> {
+  fn host_hook(&mut self, name: &str) -> Option<v8::Global<v8::Function>> {
     deno_core::scope!(scope, &mut self.js);
     let hooks = v8::Local::new(scope, &self.host_hooks);
     let hooks = v8::Local::<v8::Object>::try_from(hooks).ok()?;
@@ -332,12 +332,7 @@ impl Runtime {
     {
       Ok(_) => Ok(()),
       Err(e) => Err(match e.as_kind() {
-        deno_core::error::CoreErrorKind::Js(js) => Error::Load(
-          js.exception_message
-            .strip_prefix("Uncaught ")
-            .unwrap_or(&js.exception_message)
-            .to_string(),
-        ),
+        deno_core::error::CoreErrorKind::Js(js) => Error::Load(exception_message(js).to_string()),
         _ => Error::Load(e.to_string()),
       }),
     }
@@ -431,10 +426,7 @@ fn load_error(err: CoreError) -> Error {
   let deno_core::error::CoreErrorKind::Js(js) = err.as_kind() else {
     return Error::Load(err.to_string());
   };
-  let message = js
-    .exception_message
-    .strip_prefix("Uncaught ")
-    .unwrap_or(&js.exception_message);
+  let message = exception_message(js);
   let location = js
     .frames
     .first()
@@ -453,6 +445,13 @@ fn load_error(err: CoreError) -> Error {
     })
     .unwrap_or_default();
   Error::Load(format!("{message}{location}"))
+}
+
+/// An exception's message without V8's `Uncaught ` prefix.
+fn exception_message(js: &deno_core::error::JsError) -> &str {
+  js.exception_message
+    .strip_prefix("Uncaught ")
+    .unwrap_or(&js.exception_message)
 }
 
 /// Separates exceptions thrown by user code from load failures.
