@@ -84,9 +84,8 @@ function formatToCronSchedule(value?: CronField): string {
 }
 
 /**
- * A schedule string or object as a five-field cron string. When `minute` is
- * absent and a larger field is set, the smaller fields default to their first
- * value (an hour step of 2 becomes minute 0 of every second hour).
+ * A schedule string or object as a five-field cron string, filling in
+ * missing fields exactly as Deno does (see the comment below).
  */
 function parseScheduleToString(schedule: string | CronScheduleObject): string {
   if (typeof schedule === "string") {
@@ -96,26 +95,20 @@ function parseScheduleToString(schedule: string | CronScheduleObject): string {
     throw invalidSchedule();
   }
   let { minute, hour, dayOfMonth, month, dayOfWeek } = schedule;
-  if (minute === undefined) {
-    if (
-      hour !== undefined || dayOfMonth !== undefined || month !== undefined ||
-      dayOfWeek !== undefined
-    ) {
-      minute = 0;
-    }
-    if (
-      hour === undefined &&
-      (dayOfMonth !== undefined || month !== undefined ||
-        dayOfWeek !== undefined)
-    ) {
-      hour = 0;
-    }
-    if (
-      dayOfMonth === undefined && month !== undefined &&
-      dayOfWeek === undefined
-    ) {
-      dayOfMonth = 1;
-    }
+  // Deno's rule, decided by the smallest given field: without a minute, an
+  // hour means minute 0; a day (of month or week) means 00:00; a month alone
+  // means 00:00 on the 1st. Every other missing field stays `*`.
+  if (minute !== undefined) {
+    // Nothing to fill in.
+  } else if (hour !== undefined) {
+    minute = 0;
+  } else if (dayOfMonth !== undefined || dayOfWeek !== undefined) {
+    minute = 0;
+    hour = 0;
+  } else if (month !== undefined) {
+    minute = 0;
+    hour = 0;
+    dayOfMonth = 1;
   }
   return `${formatToCronSchedule(minute)} ${formatToCronSchedule(hour)} ${
     formatToCronSchedule(dayOfMonth)

@@ -233,6 +233,13 @@ fn schedule_helpers_are_reachable_through_deno_internal() {
       console.log(p({ month: { every: 3 } }));
       console.log(p({ dayOfWeek: 2 }));
       console.log(p({ minute: { every: 10 }, dayOfMonth: { exact: [1, 15] } }));
+      // Mixed given and missing fields, as Deno fills them in.
+      console.log(p({ hour: { every: 3 }, month: { every: 2 } }));
+      console.log(p({ hour: 4, dayOfWeek: 1 }));
+      console.log(p({ dayOfMonth: 5, month: 2 }));
+      console.log(p({ month: 2, dayOfWeek: 1 }));
+      console.log(p({ minute: 7, month: 3 }));
+      console.log(p({}));
     "#,
     None,
   );
@@ -244,6 +251,12 @@ fn schedule_helpers_are_reachable_through_deno_internal() {
      0 */2 * * *\n\
      0 0 1 */3 *\n\
      0 0 * * 2\n\
-     */10 * 1,15 * *\n"
+     */10 * 1,15 * *\n\
+     0 */3 * */2 *\n\
+     0 4 * * 1\n\
+     0 0 5 2 *\n\
+     0 0 * 2 1\n\
+     7 * * 3 *\n\
+     * * * * *\n"
   );
 }

@@ -503,3 +503,71 @@ mod tests {
     assert!(toml.contains(&pin), "Cargo.toml must pin {pin}");
   }
 }
+
+/// The parser must answer any input with a result: arbitrary bytes, and a
+/// real container with bits flipped, never panic.
+#[cfg(test)]
+mod proptests {
+  use proptest::prelude::*;
+
+  use super::*;
+
+  fn container() -> (Manifest, Vec<u8>) {
+    let manifest = Manifest {
+      deno_core: DENO_CORE_VERSION.into(),
+      v8: "15.0.0".into(),
+      target: "x86_64-unknown-linux-gnu".into(),
+      extensions: vec![("kiln_runtime".into(), vec!["op_a".into(), "op_b".into()])],
+    };
+    let raw: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let bytes = SnapshotContainer::encode(&manifest, &raw, 3).unwrap();
+    (manifest, bytes)
+  }
+
+  /// Everything a loader does with untrusted bytes.
+  fn read_all(bytes: &[u8], expected: &Manifest) {
+    if let Ok(container) = SnapshotContainer::parse(bytes) {
+      let _ = container.check_manifest(expected);
+      let _ = container.decompress();
+    }
+  }
+
+  proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+      let (manifest, _) = container();
+      read_all(&bytes, &manifest);
+    }
+
+    #[test]
+    fn arbitrary_bytes_behind_a_valid_magic_never_panic(
+      version in prop_oneof![Just(FORMAT_VERSION), any::<u32>()],
+      tail in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+      let (manifest, _) = container();
+      let mut bytes = MAGIC.to_vec();
+      bytes.extend_from_slice(&version.to_le_bytes());
+      bytes.extend_from_slice(&tail);
+      read_all(&bytes, &manifest);
+    }
+
+    #[test]
+    fn bit_flips_and_truncation_never_panic(
+      flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..8),
+      cut in any::<prop::sample::Index>(),
+      truncate in any::<bool>(),
+    ) {
+      let (manifest, mut bytes) = container();
+      for (at, bit) in flips {
+        let i = at.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+      }
+      if truncate {
+        bytes.truncate(cut.index(bytes.len()));
+      }
+      read_all(&bytes, &manifest);
+    }
+  }
+}

@@ -201,3 +201,43 @@ mod tests {
     }
   }
 }
+
+/// The schedule parser must answer any string with a result, never a panic
+/// (it reaches into the `cron` crate with whatever user code passes).
+#[cfg(test)]
+mod proptests {
+  use proptest::prelude::*;
+
+  use super::*;
+
+  /// Parses and, when it parses, asks for the next run.
+  fn exercise(expr: &str) {
+    if let Ok(schedule) = CronSchedule::parse(expr) {
+      let _ = schedule.next_after(&Utc::now());
+    }
+  }
+
+  proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn arbitrary_strings_never_panic(expr in "\\PC{0,64}") {
+      exercise(&expr);
+    }
+
+    #[test]
+    fn cron_like_strings_never_panic(expr in "[0-9*,/ A-Za-z-]{0,40}") {
+      exercise(&expr);
+    }
+
+    #[test]
+    fn five_plausible_fields_never_panic(
+      fields in proptest::collection::vec(
+        "(\\*|[0-9]{1,12}|[A-Za-z]{3})([-/,](\\*|[0-9]{1,12}|[A-Za-z]{3})){0,3}",
+        5,
+      ),
+    ) {
+      exercise(&fields.join(" "));
+    }
+  }
+}
