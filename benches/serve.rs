@@ -100,7 +100,7 @@ fn serve(c: &mut Criterion) {
   options.idle_timeout = Duration::from_secs(3600);
   let (host, addr) = tokio.block_on(async {
     let host = Host::new(options).expect("host");
-    host.start().await;
+    host.start();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
       .await
       .expect("bind");

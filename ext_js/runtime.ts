@@ -8,6 +8,7 @@ import {
   op_kiln_args,
   op_kiln_exit,
   op_kiln_no_color,
+  op_kiln_print,
   op_kiln_versions,
 } from "ext:core/ops";
 
@@ -95,7 +96,12 @@ export const loadedScripts = ObjectFreeze([
 ]);
 
 /** Script exports that other kiln extensions build on. */
-export const webScripts = ObjectFreeze({ streams, request, response });
+export const webScripts = ObjectFreeze({
+  streams,
+  request,
+  response,
+  abortSignal,
+});
 
 /**
  * Functions the Rust host calls into (e.g. `serve`), set by extensions at
@@ -114,7 +120,7 @@ function readOnly(value: unknown): PropertyDescriptor {
 
 const console = new (consoleMod.Console as new (
   print: (msg: string, level: number) => void,
-) => unknown)((msg: string, level: number) => core.print(msg, level > 1));
+) => unknown)((msg: string, level: number) => op_kiln_print(msg, level > 1));
 
 ObjectDefineProperties(globalThis, {
   // console

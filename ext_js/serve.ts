@@ -2,13 +2,15 @@
 // `kiln serve` sends to this isolate. The host calls `hostHooks.serve(ns)`
 // with the module namespace once the module has been evaluated.
 
-import { primordials } from "ext:core/mod.js";
+import { core, primordials } from "ext:core/mod.js";
 import {
+  op_serve_client_gone,
   op_serve_error,
   op_serve_finish,
   op_serve_next,
   op_serve_read,
   op_serve_respond,
+  op_serve_unhandled,
   op_serve_write,
 } from "ext:core/ops";
 import { hostHooks, webScripts } from "ext:kiln_runtime/runtime.ts";
@@ -40,6 +42,9 @@ const { ResponsePrototype } = webScripts.response as {
 };
 const { ReadableStream } = webScripts.streams as {
   ReadableStream: typeof globalThis.ReadableStream;
+};
+const { AbortController } = webScripts.abortSignal as {
+  AbortController: typeof globalThis.AbortController;
 };
 
 /** The error with its stack, without the host's own frames. */
@@ -74,6 +79,7 @@ function requestBody(rid: number): ReadableStream<Uint8Array> {
 async function writeBody(
   rid: number,
   body: ReadableStream<Uint8Array>,
+  abort: AbortController,
 ): Promise<boolean> {
   const reader = body.getReader();
   while (true) {
@@ -87,6 +93,7 @@ async function writeBody(
     }
     if (!(await op_serve_write(rid, value))) {
       // The client went away: stop producing the body.
+      abort.abort();
       await reader.cancel();
       return false;
     }
@@ -98,11 +105,21 @@ async function handle(
   [rid, method, url, headers, hasBody]: NextRequest,
 ): Promise<void> {
   let ok = false;
+  // Aborted when the client disconnects, as in Deno.serve.
+  const abort = new AbortController();
+  PromisePrototypeThen(
+    op_serve_client_gone(rid),
+    (gone: boolean) => {
+      if (gone) abort.abort();
+    },
+    () => {},
+  );
   try {
     const request = new Request(url, {
       method,
       headers,
       body: hasBody ? requestBody(rid) : null,
+      signal: abort.signal,
       // @ts-ignore: streamed request bodies need duplex "half"
       duplex: "half",
     });
@@ -115,7 +132,7 @@ async function handle(
     const body = response.body;
     const headerList = [...response.headers] as Header[];
     op_serve_respond(rid, response.status, headerList, body !== null);
-    ok = body === null || await writeBody(rid, body);
+    ok = body === null || await writeBody(rid, body, abort);
   } catch (error) {
     await op_serve_error(rid, errorText(error));
   } finally {
@@ -136,7 +153,9 @@ async function serveLoop(handler: FetchHandler): Promise<void> {
 
 /**
  * Starts serving `ns.default.fetch`. Throws a TypeError at once if the
- * module has no such handler.
+ * module has no such handler. From here on an error that escapes a handler
+ * (unhandled rejection, a throw in a timer or microtask) is reported to the
+ * host instead of ending the isolate, so it cannot fail another request.
  */
 hostHooks.serve = function serve(ns: Record<string, unknown>): void {
   const handler = ns.default as FetchHandler | undefined;
@@ -148,5 +167,14 @@ hostHooks.serve = function serve(ns: Record<string, unknown>): void {
       "the module has no default export with a fetch(request) method",
     );
   }
+  core.setUnhandledPromiseRejectionHandler(
+    (_promise: Promise<unknown>, reason: unknown): boolean => {
+      op_serve_unhandled(errorText(reason));
+      return true;
+    },
+  );
+  core.setReportExceptionCallback((error: unknown): void => {
+    op_serve_unhandled(errorText(error));
+  });
   PromisePrototypeThen(serveLoop(handler), undefined, () => {});
 };

@@ -265,3 +265,92 @@ fn relocated_binary_runs_without_the_source_tree() {
   );
   let _ = script;
 }
+
+#[test]
+fn json_modules_need_the_import_attribute_and_bad_json_names_the_file() {
+  let dir = tempfile::tempdir().unwrap();
+  write(dir.path(), "data.json", "{\"answer\": 42}\n");
+  write(dir.path(), "broken.json", "{\"answer\": 42,,}\n");
+  let bare = write(
+    dir.path(),
+    "bare.ts",
+    "import data from './data.json';\nconsole.log(data);\n",
+  );
+  let o = run(&["run", bare.to_str().unwrap()]);
+  assert_one_line_error(&o, "JSON modules must be imported with { type: \"json\" }");
+  assert!(stderr(&o).contains("data.json"), "{}", stderr(&o));
+
+  let broken = write(
+    dir.path(),
+    "broken.ts",
+    "import data from './broken.json' with { type: 'json' };\nconsole.log(data);\n",
+  );
+  let o = run(&["run", broken.to_str().unwrap()]);
+  let path = dir.path().join("broken.json");
+  assert_one_line_error(&o, &format!("invalid JSON in module {}", path.display()));
+}
+
+#[test]
+fn special_files_are_refused_without_hanging_or_reading_them() {
+  let dir = tempfile::tempdir().unwrap();
+  std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.js")).unwrap();
+  let fifo = dir.path().join("fifo.js");
+  let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+  assert!(made.success());
+  for name in ["zero.js", "fifo.js"] {
+    let main = write(
+      dir.path(),
+      "main.ts",
+      &format!("import './{name}';\nconsole.log('loaded');\n"),
+    );
+    // Nobody ever opens the FIFO for writing: a blocking open would hang.
+    let started = std::time::Instant::now();
+    let o = run(&["run", main.to_str().unwrap()]);
+    assert!(
+      started.elapsed() < std::time::Duration::from_secs(20),
+      "{name} took {:?}",
+      started.elapsed()
+    );
+    assert_one_line_error(&o, "not a regular file");
+    assert!(stderr(&o).contains(name), "{}", stderr(&o));
+  }
+}
+
+#[test]
+fn modules_over_the_size_limit_are_refused() {
+  let dir = tempfile::tempdir().unwrap();
+  let big = format!("// {}\nexport const x = 1;\n", "x".repeat(16 << 20));
+  write(dir.path(), "big.js", &big);
+  let main = write(dir.path(), "main.ts", "import './big.js';\n");
+  let o = run(&["run", main.to_str().unwrap()]);
+  assert_one_line_error(&o, "larger than the limit of 16777216 bytes");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_by_sigpipe() {
+  use std::io::Read;
+  use std::os::unix::process::ExitStatusExt;
+  use std::process::Stdio;
+
+  let dir = tempfile::tempdir().unwrap();
+  let main = write(
+    dir.path(),
+    "yes.ts",
+    "while (true) console.log('y'.repeat(100));\n",
+  );
+  // As `kiln run yes.ts | head -c 10`: read 10 bytes, close the pipe.
+  let mut child = kiln()
+    .args(["run", main.to_str().unwrap()])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+  let mut stdout = child.stdout.take().unwrap();
+  let mut head = [0u8; 10];
+  stdout.read_exact(&mut head).unwrap();
+  drop(stdout);
+  let o = child.wait_with_output().unwrap();
+  assert_eq!(&head, b"yyyyyyyyyy");
+  assert_eq!(stderr(&o), "", "no error message");
+  assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}", o.status);
+}

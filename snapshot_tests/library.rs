@@ -16,6 +16,7 @@ fn runtime_executes_scripts_from_the_snapshot() {
   with_tokio(async {
     let mut rt = kiln::Runtime::new(kiln::RuntimeOptions {
       args: vec!["a".into()],
+      ..Default::default()
     })
     .unwrap();
     assert_eq!(rt.execute_script("1 + 1").unwrap(), "2");

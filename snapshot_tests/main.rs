@@ -4,6 +4,7 @@
 mod cli;
 mod cron;
 mod embed;
+mod hardening;
 mod library;
 mod serve;
 

@@ -26,16 +26,16 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 /// A `kiln serve` process; killed on drop if still running.
-struct Server {
-  child: Child,
-  addr: SocketAddr,
+pub(crate) struct Server {
+  pub(crate) child: Child,
+  pub(crate) addr: SocketAddr,
   /// Holds the functions and the log until the server is gone.
   _dir: tempfile::TempDir,
   stderr: PathBuf,
 }
 
 impl Server {
-  fn start(functions: &[(&str, &str)], flags: &[&str], env: &[(&str, &str)]) -> Server {
+  pub(crate) fn start(functions: &[(&str, &str)], flags: &[&str], env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let fns = dir.path().join("functions");
     std::fs::create_dir(&fns).unwrap();
@@ -46,26 +46,42 @@ impl Server {
   }
 
   /// Serves `fns`; `dir` receives the log.
-  fn start_dir(
+  pub(crate) fn start_dir(
     dir: tempfile::TempDir,
     fns: &std::path::Path,
     flags: &[&str],
     env: &[(&str, &str)],
   ) -> Server {
-    let stderr = dir.path().join("stderr.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    Server::serve_args(&mut cmd, fns, flags, env);
+    Server::spawn(dir, cmd)
+  }
+
+  /// Adds `serve <fns> --listen 127.0.0.1:0 <flags>` and the environment.
+  pub(crate) fn serve_args(
+    cmd: &mut Command,
+    fns: &std::path::Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+  ) {
     cmd
       .arg("serve")
       .arg(fns)
       .args(["--listen", "127.0.0.1:0"])
       .args(flags)
       .env("NO_COLOR", "1")
-      .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET")
-      .stdout(Stdio::piped())
-      .stderr(std::fs::File::create(&stderr).unwrap());
+      .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET");
     for (k, v) in env {
       cmd.env(k, v);
     }
+  }
+
+  /// Runs a prepared `kiln serve` command; `dir` receives the log.
+  pub(crate) fn spawn(dir: tempfile::TempDir, mut cmd: Command) -> Server {
+    let stderr = dir.path().join("stderr.log");
+    cmd
+      .stdout(Stdio::piped())
+      .stderr(std::fs::File::create(&stderr).unwrap());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -91,11 +107,11 @@ impl Server {
     }
   }
 
-  fn stderr(&self) -> String {
+  pub(crate) fn stderr(&self) -> String {
     std::fs::read_to_string(&self.stderr).unwrap_or_default()
   }
 
-  fn sigterm(&self) {
+  pub(crate) fn sigterm(&self) {
     let status = Command::new("kill")
       .args(["-TERM", &self.child.id().to_string()])
       .status()
@@ -103,13 +119,13 @@ impl Server {
     assert!(status.success());
   }
 
-  async fn get(&self, path: &str) -> (StatusCode, String) {
+  pub(crate) async fn get(&self, path: &str) -> (StatusCode, String) {
     let response = send(self.addr, request("GET", path, empty())).await;
     let status = response.status();
     (status, text(response).await)
   }
 
-  async fn metrics(&self) -> String {
+  pub(crate) async fn metrics(&self) -> String {
     self.get("/_kiln/metrics").await.1
   }
 }
@@ -121,18 +137,18 @@ impl Drop for Server {
   }
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
   Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
   Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
 /// A request body fed chunk by chunk from a channel (chunked encoding).
-struct ChannelBody(mpsc::Receiver<Bytes>);
+pub(crate) struct ChannelBody(mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {
   type Data = Bytes;
@@ -146,7 +162,7 @@ impl http_body::Body for ChannelBody {
   }
 }
 
-fn request(method: &str, path: &str, body: Body) -> Request<Body> {
+pub(crate) fn request(method: &str, path: &str, body: Body) -> Request<Body> {
   Request::builder()
     .method(method)
     .uri(path)
@@ -155,7 +171,7 @@ fn request(method: &str, path: &str, body: Body) -> Request<Body> {
     .unwrap()
 }
 
-async fn send(addr: SocketAddr, request: Request<Body>) -> http::Response<Incoming> {
+pub(crate) async fn send(addr: SocketAddr, request: Request<Body>) -> http::Response<Incoming> {
   let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
   let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
     .await
@@ -164,20 +180,27 @@ async fn send(addr: SocketAddr, request: Request<Body>) -> http::Response<Incomi
   sender.send_request(request).await.unwrap()
 }
 
-async fn text(response: http::Response<Incoming>) -> String {
+pub(crate) async fn text(response: http::Response<Incoming>) -> String {
   let bytes = response.into_body().collect().await.unwrap().to_bytes();
   String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The `error` field of a host's JSON error body.
+pub(crate) fn error_of(body: &str) -> String {
+  let value: serde_json::Value =
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+  value["error"].as_str().unwrap_or_default().to_string()
+}
+
 /// The value of a metrics line (`name{labels}`), 0 when absent.
-fn metric(metrics: &str, series: &str) -> f64 {
+pub(crate) fn metric(metrics: &str, series: &str) -> f64 {
   metrics
     .lines()
     .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     .unwrap_or(0.0)
 }
 
-const HELLO: &str = r#"
+pub(crate) const HELLO: &str = r#"
 export default {
   fetch(request: Request): Response {
     const url = new URL(request.url);
@@ -202,7 +225,7 @@ async fn hello_function_health_and_404() {
   );
   let (status, body) = server.get("/nope").await;
   assert_eq!(status, StatusCode::NOT_FOUND);
-  assert_eq!(body, r#"{"error":"no function serves /nope"}"#);
+  assert_eq!(error_of(&body), "no function serves /nope");
   assert_eq!(server.get("/").await.0, StatusCode::NOT_FOUND);
   let mut bad_host = request("GET", "/hello", empty());
   bad_host
@@ -333,7 +356,7 @@ async fn functions_that_fail_to_load_are_isolated() {
       ("throws.ts", "throw new Error(\"no config\");\n"),
       ("nofetch.ts", "export default { hello: 1 };\n"),
     ],
-    &[],
+    &["--expose-errors"],
     &[],
   );
   let (status, body) = server.get("/broken").await;
@@ -382,11 +405,11 @@ async fn handler_errors_are_500_with_the_error() {
       },
     };
   "#;
-  let server = Server::start(&[("bad.ts", bad)], &[], &[]);
+  let server = Server::start(&[("bad.ts", bad)], &["--expose-errors"], &[]);
   let (status, body) = server.get("/bad").await;
   assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
   assert!(
-    body.starts_with(r#"{"error":"RangeError: out of range"#),
+    error_of(&body).starts_with("RangeError: out of range"),
     "{body}"
   );
   assert!(body.contains("bad.ts:5:15"), "source-mapped frame: {body}");
@@ -418,10 +441,7 @@ async fn infinite_loop_gets_504_within_the_timeout_and_the_function_recovers() {
   let (status, body) = server.get("/spin?spin").await;
   let elapsed = started.elapsed();
   assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-  assert_eq!(
-    body,
-    r#"{"error":"function 'spin' timed out after 500 ms"}"#
-  );
+  assert_eq!(error_of(&body), "function 'spin' timed out after 500 ms");
   assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
   assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
   assert_eq!(server.get("/spin").await, (StatusCode::OK, "alive".into()));
@@ -457,7 +477,7 @@ async fn heap_exhaustion_gets_500_and_the_function_recovers() {
   "#;
   let server = Server::start(
     &[("eat.ts", eat), ("hello.ts", HELLO)],
-    &["--max-heap-mb", "32"],
+    &["--max-heap-mb", "32", "--expose-errors"],
     &[],
   );
   let (status, body) = server.get("/eat?eat").await;
@@ -501,8 +521,8 @@ async fn request_body_over_the_limit_gets_413() {
   .await;
   assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
   assert_eq!(
-    text(response).await,
-    r#"{"error":"request body exceeds the limit of 1000 bytes"}"#
+    error_of(&text(response).await),
+    "request body exceeds the limit of 1000 bytes"
   );
   // Chunked: found out while streaming.
   let (tx, rx) = mpsc::channel(4);
@@ -846,8 +866,8 @@ async fn waiting_too_long_for_a_busy_instance_gets_503() {
   assert_eq!(results[1], (StatusCode::OK, "done".into()));
   assert_eq!(results[2].0, StatusCode::SERVICE_UNAVAILABLE);
   assert_eq!(
-    results[2].1,
-    r#"{"error":"function 'slow': all 1 instances stayed busy for 600 ms"}"#
+    error_of(&results[2].1),
+    "function 'slow': all 1 instances stayed busy for 600 ms"
   );
 }
 

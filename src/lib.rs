@@ -5,6 +5,7 @@
 //! # async fn demo() -> Result<(), kiln::Error> {
 //! let mut runtime = kiln::Runtime::new(kiln::RuntimeOptions {
 //!   args: vec!["--verbose".into()],
+//!   ..Default::default()
 //! })?;
 //! let exit_code = runtime.run_main_module(std::path::Path::new("main.ts")).await?;
 //! # let _ = exit_code; Ok(()) }

@@ -30,8 +30,12 @@ enum Command {
   },
   /// Serve every <name>.ts / <name>.js in DIR as a function at /<name>:
   /// its default export's fetch(request) answers HTTP requests, each
-  /// instance in its own isolate. GET /_kiln/health and /_kiln/metrics
-  /// report on the host. SIGINT/SIGTERM drain in-flight requests and exit 0.
+  /// instance in its own isolate. Functions load modules only from inside
+  /// DIR. The port opens at once and functions load in the background;
+  /// GET /_kiln/ready is 200 once all have loaded (or failed),
+  /// /_kiln/health is liveness, /_kiln/metrics Prometheus text.
+  /// SIGINT/SIGTERM close idle connections, drain in-flight requests and
+  /// exit 0.
   Serve(ServeArgs),
   /// Inspect the snapshot baked into this binary.
   Snapshot {
@@ -65,9 +69,28 @@ struct ServeArgs {
   /// Largest request body accepted; larger ones get 413.
   #[arg(long, default_value_t = 10 << 20)]
   max_body_bytes: u64,
+  /// Largest module file a function may import; larger ones fail to load.
+  #[arg(long, default_value_t = kiln::runtime::DEFAULT_MAX_MODULE_BYTES)]
+  max_module_bytes: u64,
   /// How long shutdown waits for in-flight requests.
   #[arg(long, default_value = "10s", value_parser = kiln::host::parse_duration)]
   grace_period: Duration,
+  /// A connection that has not sent a complete request head this long
+  /// after connecting (or after its previous response) is closed.
+  #[arg(long, default_value = "10s", value_parser = kiln::host::parse_duration)]
+  header_timeout: Duration,
+  /// A connection with no request in progress for this long is closed.
+  #[arg(long, default_value = "60s", value_parser = kiln::host::parse_duration)]
+  keep_alive_timeout: Duration,
+  /// Most open client connections; more wait in the listen backlog.
+  /// [default: the file-descriptor limit less 256, at least half of it]
+  #[arg(long)]
+  max_connections: Option<usize>,
+  /// Send the error message and stack in 500 bodies (for development). By
+  /// default a 500 body is {"error":"internal error","request_id":...} and
+  /// the detail goes to the log under that request id.
+  #[arg(long)]
+  expose_errors: bool,
   /// Log level (error, warn, info, debug, trace) or a tracing filter
   /// directive; logs go to stderr, one line per request at info.
   #[arg(long, default_value = "info")]
@@ -97,11 +120,31 @@ fn main() -> ExitCode {
   };
   match result {
     Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+    Err(e) if is_output_closed(e.as_ref()) => die_of_sigpipe(),
     Err(e) => {
       eprintln!("error: {e}");
       ExitCode::FAILURE
     }
   }
+}
+
+fn is_output_closed(e: &(dyn std::error::Error + 'static)) -> bool {
+  matches!(
+    e.downcast_ref::<kiln::Error>(),
+    Some(kiln::Error::OutputClosed)
+  )
+}
+
+/// Ends the process as `cat` or `yes` end when their reader goes away:
+/// killed by SIGPIPE, no message (a shell reports status 141).
+fn die_of_sigpipe() -> ExitCode {
+  // SAFETY: restoring the default disposition and raising the signal only
+  // affects this process, which is ending anyway.
+  unsafe {
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    libc::raise(libc::SIGPIPE);
+  }
+  ExitCode::from(141)
 }
 
 fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
@@ -110,7 +153,11 @@ fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
     .build()
     .map_err(|e| kiln::Error::Init(format!("cannot start tokio: {e}")))?;
   let (runtime, result) = tokio.block_on(async move {
-    let mut runtime = kiln::Runtime::new(kiln::RuntimeOptions { args })?;
+    let options = kiln::RuntimeOptions {
+      args,
+      stop_on_closed_stdout: true,
+    };
+    let mut runtime = kiln::Runtime::new(options)?;
     let result = runtime.run_main_module(&file).await;
     Ok::<_, kiln::Error>((runtime, result))
   })?;
@@ -141,13 +188,28 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
   options.max_heap_bytes = args.max_heap_mb.saturating_mul(1 << 20);
   options.timeout = Duration::from_millis(args.timeout_ms.max(1));
   options.max_body_bytes = args.max_body_bytes;
+  options.max_module_bytes = args.max_module_bytes;
   options.grace_period = args.grace_period;
+  options.header_timeout = args.header_timeout;
+  options.keep_alive_timeout = args.keep_alive_timeout;
+  if args.max_connections == Some(0) {
+    return Err("--max-connections must be at least 1".into());
+  }
+  options.max_connections = args.max_connections;
+  options.expose_errors = args.expose_errors;
   let tokio = tokio::runtime::Builder::new_multi_thread()
     .enable_all()
     .build()
     .map_err(|e| format!("cannot start tokio: {e}"))?;
   tokio.block_on(async move {
-    let host = kiln::host::Host::new(options)?;
+    let host = kiln::host::Host::new(options).map_err(|e| match e {
+      kiln::host::HostError::HeapTooSmall => format!(
+        "--max-heap-mb must be at least {}",
+        kiln::host::MIN_HEAP_BYTES >> 20
+      )
+      .into(),
+      e => Box::<dyn std::error::Error>::from(e),
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
       .await
       .map_err(|source| kiln::host::HostError::Bind {
@@ -155,7 +217,8 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
         source,
       })?;
     let addr = listener.local_addr()?;
-    host.start().await;
+    // Functions load in the background: the port opens now.
+    host.start();
     let names: Vec<&str> = host.functions().collect();
     tracing::info!("serving {} function(s): {}", names.len(), names.join(", "));
     // Scripts and tests read the bound address (port 0) from this line.

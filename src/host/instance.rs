@@ -22,8 +22,11 @@ use tokio::sync::oneshot;
 use super::cron::HostCronHandler;
 use super::metrics::Metrics;
 use super::metrics::TerminationCause;
+use crate::extensions::runtime::ExitHook;
 use crate::extensions::serve::ServeInbox;
+use crate::extensions::serve::ServeObserver;
 use crate::extensions::serve::ServeRequest;
+use crate::runtime::ModuleAccess;
 use crate::runtime::Runtime;
 
 /// What an instance is started with.
@@ -31,6 +34,8 @@ use crate::runtime::Runtime;
 pub(crate) struct InstanceSpec {
   pub function: Arc<str>,
   pub path: PathBuf,
+  /// Where the function may load modules from (its served directory).
+  pub modules: ModuleAccess,
   pub max_heap_bytes: usize,
   /// Bound on module load and evaluation (top-level code).
   pub start_timeout: Duration,
@@ -49,6 +54,11 @@ pub enum StartError {
   OutOfMemory { function: String, mb: usize },
   #[error("function '{function}': cannot start an instance thread: {reason}")]
   Thread { function: String, reason: String },
+}
+
+/// Why a request got no instance (the host answers 503).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AcquireError {
   #[error("function '{0}': the host is shutting down")]
   ShuttingDown(String),
   #[error("function '{function}': all {instances} instances stayed busy for {ms} ms")]
@@ -57,6 +67,10 @@ pub enum StartError {
     instances: usize,
     ms: u128,
   },
+  #[error("function '{function}' was still loading after {ms} ms")]
+  StillLoading { function: String, ms: u128 },
+  #[error(transparent)]
+  Start(#[from] StartError),
 }
 
 /// How an instance ended, set once by whoever ended it first.
@@ -181,12 +195,10 @@ impl Instance {
     })
   }
 
-  /// Hands a request to the instance; gives it back if the instance is
-  /// gone or busy.
-  pub(crate) fn send(&self, request: ServeRequest) -> Result<(), ServeRequest> {
-    self.inbox.try_send(request).map_err(|e| match e {
-      mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-    })
+  /// Hands a request to the instance; false if the instance is gone or
+  /// busy (the request is dropped, which its waiters see).
+  pub(crate) fn send(&self, request: ServeRequest) -> bool {
+    self.inbox.try_send(request).is_ok()
   }
 
   /// Stops JS execution now (from any thread); the instance is dead after.
@@ -225,6 +237,24 @@ impl Drop for Instance {
     if let Some(stop) = self.stop.take() {
       let _ = stop.send(());
     }
+  }
+}
+
+/// Logs and counts errors that escape a function's handlers.
+struct UnhandledErrors {
+  function: Arc<str>,
+  metrics: Arc<Metrics>,
+}
+
+impl ServeObserver for UnhandledErrors {
+  fn unhandled_error(&self, request_id: Option<&str>, message: &str) {
+    self.metrics.unhandled_error(&self.function);
+    // Function and id first: the message may span lines (its stack).
+    tracing::error!(
+      "function '{}' request_id={}: unhandled error (answered to no client): {message}",
+      self.function,
+      request_id.unwrap_or("-")
+    );
   }
 }
 
@@ -276,6 +306,7 @@ impl InstanceThread {
     );
     let mut runtime = match Runtime::builder()
       .max_heap_bytes(self.spec.max_heap_bytes)
+      .module_access(self.spec.modules.clone())
       .cron_handler(cron)
       .build()
     {
@@ -287,17 +318,37 @@ impl InstanceThread {
     };
     let js = runtime.js_runtime();
     let isolate = js.v8_isolate().thread_safe_handle();
+    // Set when the instance must end at once (heap limit, `Deno.exit()`):
+    // a terminated isolate does not always make the event loop return.
+    let ended = Arc::new(tokio::sync::Notify::new());
     {
       let isolate = isolate.clone();
       let fate = self.fate.clone();
+      let ended = ended.clone();
       js.add_near_heap_limit_callback(move |current, _initial| {
         fate.set(TerminationCause::OutOfMemory, String::new());
         isolate.terminate_execution();
+        ended.notify_one();
         // Room for the termination to unwind; the instance is discarded.
         current.saturating_mul(2)
       });
     }
-    js.op_state().borrow_mut().put(ServeInbox::new(inbox));
+    let observer = UnhandledErrors {
+      function: self.spec.function.clone(),
+      metrics: self.spec.metrics.clone(),
+    };
+    js.op_state()
+      .borrow_mut()
+      .put(ServeInbox::new(inbox, Box::new(observer)));
+    {
+      let fate = self.fate.clone();
+      let ended = ended.clone();
+      let hook = move |code: i32| {
+        fate.set(TerminationCause::Exit, format!("Deno.exit({code})"));
+        ended.notify_one();
+      };
+      js.op_state().borrow_mut().put(ExitHook(Box::new(hook)));
+    }
     if isolate_tx.send(Ok(isolate)).is_err() {
       return;
     }
@@ -324,10 +375,14 @@ impl InstanceThread {
       result = runtime.run_event_loop() => {
         if let Err(e) = result {
           // Terminations already recorded their cause; anything else is an
-          // uncaught error in the function's own code.
+          // error in the function's own code that the glue could not catch.
           self.fate.set(TerminationCause::UncaughtError, e.to_string());
           tracing::warn!(function = %self.spec.function, "instance ended: {e}");
         }
+      }
+      () = ended.notified() => {
+        let cause = self.fate.get().map_or("ended", |(cause, _)| cause.label());
+        tracing::warn!(function = %self.spec.function, "instance ended: {cause}");
       }
       _ = stop_rx => {}
     }

@@ -25,6 +25,8 @@ pub enum TerminationCause {
   UncaughtError,
   /// Idle longer than `--idle-timeout`.
   Idle,
+  /// The function called `Deno.exit()`.
+  Exit,
 }
 
 impl TerminationCause {
@@ -34,6 +36,7 @@ impl TerminationCause {
       TerminationCause::OutOfMemory => "out_of_memory",
       TerminationCause::UncaughtError => "uncaught_error",
       TerminationCause::Idle => "idle",
+      TerminationCause::Exit => "exit",
     }
   }
 }
@@ -55,6 +58,7 @@ struct Counters {
   terminations: BTreeMap<(String, TerminationCause), u64>,
   cron_runs: BTreeMap<String, u64>,
   cron_failures: BTreeMap<String, u64>,
+  unhandled_errors: BTreeMap<String, u64>,
 }
 
 /// All metrics of one host.
@@ -126,6 +130,11 @@ impl Metrics {
         *c.cron_failures.entry(function.to_string()).or_default() += 1;
       }
     });
+  }
+
+  /// An error escaped a handler of `function` (logged, answered to no one).
+  pub fn unhandled_error(&self, function: &str) {
+    self.with(|c| *c.unhandled_errors.entry(function.to_string()).or_default() += 1);
   }
 
   /// Prometheus text exposition format (version 0.0.4).
@@ -212,6 +221,15 @@ impl Metrics {
         "Cron job runs that threw, by function.",
         c.cron_failures.iter().map(|(f, n)| (label(f), *n as f64)),
       );
+      family(
+        &mut out,
+        "kiln_unhandled_errors_total",
+        "counter",
+        "Errors that escaped a handler (unhandled rejections, throws in timers), by function.",
+        c.unhandled_errors
+          .iter()
+          .map(|(f, n)| (label(f), *n as f64)),
+      );
       out
     })
   }
@@ -267,6 +285,9 @@ mod tests {
     m.instance_stop("hello", Some(TerminationCause::Timeout));
     m.cron_run("tick", true);
     m.cron_run("tick", false);
+    m.unhandled_error("hello");
+    m.instance_start("quits", true, Duration::from_millis(3));
+    m.instance_stop("quits", Some(TerminationCause::Exit));
     let text = m.render();
     assert!(text.contains("kiln_requests_total{function=\"hello\",status=\"200\"} 2\n"));
     assert!(text.contains("kiln_requests_total{function=\"\",status=\"404\"} 1\n"));
@@ -283,6 +304,10 @@ mod tests {
     assert!(text.contains("kiln_cron_runs_total{function=\"tick\"} 2\n"));
     assert!(text.contains("kiln_cron_failures_total{function=\"tick\"} 1\n"));
     assert!(text.contains("kiln_instances{function=\"hello\"} 0\n"));
+    assert!(text.contains("kiln_unhandled_errors_total{function=\"hello\"} 1\n"));
+    assert!(
+      text.contains("kiln_instance_terminations_total{function=\"quits\",cause=\"exit\"} 1\n")
+    );
   }
 
   #[test]

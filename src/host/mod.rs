@@ -5,7 +5,12 @@
 //! This module routes requests and applies the limits; `pool` owns the
 //! instances, `instance` the isolate threads, `server` the sockets. Nothing
 //! here runs JS on the server's threads, and no request can take down
-//! another: a failing instance is discarded and replaced.
+//! another: a failing instance is discarded and replaced, and an error that
+//! escapes a handler is logged under the request it surfaced in, never
+//! answered to anyone.
+//!
+//! Every response carries `x-request-id`; every failure of the host's own is
+//! one [`Failure`], turned into a status and a JSON body in one place.
 
 mod body;
 mod cron;
@@ -16,9 +21,13 @@ pub mod router;
 mod server;
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -33,22 +42,27 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 pub use body::HostBody;
+pub use instance::AcquireError;
 pub use instance::StartError;
 pub use metrics::Metrics;
 pub use server::serve;
 
+use crate::extensions::serve::HOPS_HEADER;
 use crate::extensions::serve::HandlerError;
 use crate::extensions::serve::ServeRequest;
 use crate::extensions::serve::ServeResponse;
+use crate::runtime::ModuleAccess;
 use instance::InstanceSpec;
 use metrics::TerminationCause;
 use pool::FunctionPool;
 use pool::Lease;
+use router::HOST_PREFIX;
 
 /// Settings of a host; the `kiln serve` flags.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-  /// Directory of function modules.
+  /// Directory of function modules; functions load modules only from
+  /// inside it.
   pub dir: PathBuf,
   /// Instances per function.
   pub max_instances: usize,
@@ -57,14 +71,29 @@ pub struct HostOptions {
   /// V8 heap cap per instance.
   pub max_heap_bytes: usize,
   /// Wall-time limit of one request inside an instance (handler and
-  /// response body), and of a module's start-up.
+  /// response body), of a module's start-up, and of a request's wait for
+  /// an instance.
   pub timeout: Duration,
   /// Largest accepted request body.
   pub max_body_bytes: u64,
+  /// Largest module file a function may load.
+  pub max_module_bytes: u64,
   /// How long shutdown waits for in-flight requests.
   pub grace_period: Duration,
-  /// Start every function at start-up (registers its cron jobs, shows load
-  /// errors at once). Without it, instances start on first request.
+  /// Longest wait for a request's head, from the connection's start or the
+  /// previous response.
+  pub header_timeout: Duration,
+  /// A connection with no request in progress is closed after this long.
+  pub keep_alive_timeout: Duration,
+  /// Most open connections (more wait in the listen backlog); `None`:
+  /// derived from the process's file-descriptor limit.
+  pub max_connections: Option<usize>,
+  /// 500 bodies carry the error's message and stack instead of only the
+  /// request id (for development).
+  pub expose_errors: bool,
+  /// Start every function at start-up, in the background (registers its
+  /// cron jobs, shows load errors at once). Without it, instances start on
+  /// first request.
   pub preload: bool,
 }
 
@@ -78,7 +107,12 @@ impl HostOptions {
       max_heap_bytes: 128 << 20,
       timeout: Duration::from_secs(30),
       max_body_bytes: 10 << 20,
+      max_module_bytes: crate::runtime::DEFAULT_MAX_MODULE_BYTES,
       grace_period: Duration::from_secs(10),
+      header_timeout: Duration::from_secs(10),
+      keep_alive_timeout: Duration::from_secs(60),
+      max_connections: None,
+      expose_errors: false,
       preload: true,
     }
   }
@@ -111,10 +145,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// and that aborts the process.
 pub const MIN_HEAP_BYTES: usize = 16 << 20;
 
+/// The most function invocations one request may pass through (a function
+/// fetching itself, directly or through others); past it the host answers
+/// 508 Loop Detected.
+pub const MAX_HOPS: u32 = 8;
+
+/// The response header that names a request in the host's log.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Why a host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-  #[error("--max-heap-mb must be at least {} (the snapshot alone needs several MiB)", MIN_HEAP_BYTES >> 20)]
+  #[error("max_heap_bytes must be at least {} MiB (the snapshot alone needs several MiB)", MIN_HEAP_BYTES >> 20)]
   HeapTooSmall,
   #[error("cannot read the functions directory {}: {source}", dir.display())]
   ReadDir {
@@ -132,11 +174,70 @@ pub enum HostError {
   Snapshot(#[from] crate::snapshot::container::ContainerError),
 }
 
+/// A request the host answers itself, with why. Each has one status; only
+/// [`Failure::Internal`] hides its detail from the client by default.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+  #[error("{0}")]
+  BadRequest(String),
+  #[error("no function serves {0}")]
+  NoFunction(String),
+  #[error("request body exceeds the limit of {0} bytes")]
+  TooLarge(u64),
+  #[error("loop detected: the request passed through {0} function invocations (limit {MAX_HOPS})")]
+  LoopDetected(u32),
+  #[error(transparent)]
+  Unavailable(AcquireError),
+  #[error("function '{function}' timed out after {ms} ms")]
+  Timeout { function: String, ms: u128 },
+  #[error("{0}")]
+  Internal(String),
+}
+
+impl Failure {
+  fn status(&self) -> StatusCode {
+    match self {
+      Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+      Failure::NoFunction(_) => StatusCode::NOT_FOUND,
+      Failure::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+      Failure::LoopDetected(_) => StatusCode::LOOP_DETECTED,
+      Failure::Unavailable(AcquireError::Start(_)) | Failure::Internal(_) => {
+        StatusCode::INTERNAL_SERVER_ERROR
+      }
+      Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+      Failure::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+    }
+  }
+}
+
+/// Request ids: unique in a process, not guessable from one another.
+struct RequestIds {
+  keys: std::collections::hash_map::RandomState,
+  next: AtomicU64,
+}
+
+impl RequestIds {
+  fn new() -> Self {
+    RequestIds {
+      keys: std::collections::hash_map::RandomState::new(),
+      next: AtomicU64::new(0),
+    }
+  }
+
+  fn next(&self) -> Arc<str> {
+    let n = self.next.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", self.keys.hash_one(n)).into()
+  }
+}
+
 /// The function host: functions, their pools, metrics.
 pub struct Host {
   options: HostOptions,
   functions: BTreeMap<String, Arc<FunctionPool>>,
   metrics: Arc<Metrics>,
+  /// Functions whose first load has not finished yet.
+  loading: AtomicUsize,
+  request_ids: RequestIds,
 }
 
 impl Host {
@@ -147,10 +248,13 @@ impl Host {
       return Err(HostError::HeapTooSmall);
     }
     crate::runtime::prefetch_snapshot();
-    let (found, skipped) = router::discover(&options.dir).map_err(|source| HostError::ReadDir {
+    let read_dir = |source| HostError::ReadDir {
       dir: options.dir.clone(),
       source,
-    })?;
+    };
+    // Functions are confined to the canonical directory (symlinks resolved).
+    let root = std::fs::canonicalize(&options.dir).map_err(read_dir)?;
+    let (found, skipped) = router::discover(&root).map_err(read_dir)?;
     for s in skipped {
       tracing::warn!("not serving {}: {}", s.path.display(), s.reason);
     }
@@ -160,27 +264,31 @@ impl Host {
     // A broken snapshot is a start-up error, not a 500 on every request.
     crate::snapshot::load::embedded(crate::runtime::expected_manifest)?;
     let metrics = Arc::new(Metrics::default());
+    let modules = ModuleAccess {
+      root: Some(root),
+      max_bytes: options.max_module_bytes,
+    };
     let functions = found
       .into_iter()
       .map(|(name, path)| {
-        let path = std::path::absolute(&path).unwrap_or(path);
         let spec = InstanceSpec {
           function: name.as_str().into(),
           path,
+          modules: modules.clone(),
           max_heap_bytes: options.max_heap_bytes,
           start_timeout: options.timeout,
           metrics: metrics.clone(),
         };
-        (
-          name,
-          Arc::new(FunctionPool::new(spec, options.max_instances)),
-        )
+        let pool = FunctionPool::new(spec, options.max_instances, options.preload);
+        (name, Arc::new(pool))
       })
       .collect();
     Ok(Arc::new(Host {
       options,
       functions,
       metrics,
+      loading: AtomicUsize::new(0),
+      request_ids: RequestIds::new(),
     }))
   }
 
@@ -193,22 +301,31 @@ impl Host {
     &self.options
   }
 
-  /// Starts one instance of every function (with `preload`) and the idle
-  /// eviction task. A function that fails to load is logged; requests to it
-  /// get its error until an instance starts.
-  pub async fn start(self: &Arc<Self>) {
+  /// Whether every function's first load has finished (loaded or failed).
+  pub fn is_ready(&self) -> bool {
+    self.loading.load(Ordering::Acquire) == 0
+  }
+
+  /// Starts the idle eviction task and (with `preload`) loads one instance
+  /// of every function in the background, all in parallel; returns at once,
+  /// so the port can open while functions load. A function that fails to
+  /// load is logged; requests to it get its error until an instance starts.
+  pub fn start(self: &Arc<Self>) {
     if self.options.preload {
-      let mut starts = tokio::task::JoinSet::new();
+      self.loading.store(self.functions.len(), Ordering::Release);
       for pool in self.functions.values() {
         let pool = pool.clone();
-        starts.spawn(async move {
+        let host = Arc::downgrade(self);
+        tokio::spawn(async move {
           match pool.preload().await {
             Ok(()) => tracing::info!(function = pool.name(), "loaded"),
             Err(e) => tracing::error!("{e}"),
           }
+          if let Some(host) = host.upgrade() {
+            host.loading.fetch_sub(1, Ordering::AcqRel);
+          }
         });
       }
-      while starts.join_next().await.is_some() {}
     }
     let host = Arc::downgrade(self);
     let period =
@@ -249,67 +366,133 @@ impl Host {
     .await;
   }
 
-  /// Answers one HTTP request.
+  /// Answers one HTTP request. If this future is dropped first (the client
+  /// went away), the function's `request.signal` is aborted and the request
+  /// is logged and counted with status 499.
   pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<HostBody> {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let (function, response) = self.route(request).await;
-    let status = response.status().as_u16();
-    self
-      .metrics
-      .request(function.as_deref().unwrap_or(""), status);
-    tracing::info!(
-      "{method} {path} {status} {} {:.1}ms",
-      function.as_deref().unwrap_or("-"),
-      started.elapsed().as_secs_f64() * 1000.0
-    );
+    let id = self.request_ids.next();
+    let (client_gone, gone) = oneshot::channel();
+    let mut log = RequestLog {
+      metrics: self.metrics.clone(),
+      started: Instant::now(),
+      method: request.method().clone(),
+      path: request.uri().path().to_string(),
+      id: id.clone(),
+      function: None,
+      client_gone: Some(client_gone),
+    };
+    let mut response = match self.route(request, &mut log, gone).await {
+      Ok(response) => response,
+      Err(failure) => self.failure_response(failure, log.function.as_deref(), &id),
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+      response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    log.finish(response.status());
     response
   }
 
   async fn route(
     self: &Arc<Self>,
     request: Request<Incoming>,
-  ) -> (Option<String>, Response<HostBody>) {
-    let path = request.uri().path();
-    match path {
-      "/_kiln/health" => return (None, text(StatusCode::OK, "ok\n")),
-      "/_kiln/metrics" => {
+    log: &mut RequestLog,
+    gone: oneshot::Receiver<()>,
+  ) -> Result<Response<HostBody>, Failure> {
+    let path = router::normalize_path(request.uri().path())
+      .map_err(|e| Failure::BadRequest(e.to_string()))?
+      .into_owned();
+    if let Some(endpoint) = path
+      .strip_prefix('/')
+      .and_then(|p| p.strip_prefix(HOST_PREFIX))
+      .and_then(|p| p.strip_prefix('/'))
+    {
+      return self.host_endpoint(endpoint, &path);
+    }
+    let pool = router::function_of(&path).and_then(|name| self.functions.get(name));
+    let Some(pool) = pool.cloned() else {
+      return Err(Failure::NoFunction(path));
+    };
+    log.function = Some(pool.name().to_string());
+    let hops = match request.headers().get(HOPS_HEADER) {
+      None => 0,
+      Some(value) => value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .ok_or_else(|| Failure::BadRequest(format!("invalid {HOPS_HEADER} header")))?,
+    };
+    if hops > MAX_HOPS {
+      return Err(Failure::LoopDetected(hops));
+    }
+    // On its own task: a client that disconnects drops this future, and an
+    // instance must never be dropped mid-request (it goes back to its pool
+    // or is discarded with a recorded cause).
+    let host = self.clone();
+    let id = log.id.clone();
+    let call = Call {
+      id,
+      hops,
+      path,
+      gone,
+    };
+    tokio::spawn(async move { host.dispatch(&pool, request, call).await })
+      .await
+      .unwrap_or_else(|e| Err(Failure::Internal(format!("request task failed: {e}"))))
+  }
+
+  /// `/_kiln/<endpoint>`: health (liveness), ready (every function loaded or
+  /// failed), metrics.
+  fn host_endpoint(&self, endpoint: &str, path: &str) -> Result<Response<HostBody>, Failure> {
+    match endpoint {
+      "health" => Ok(text(StatusCode::OK, "ok\n")),
+      "ready" if self.is_ready() => Ok(text(StatusCode::OK, "ready\n")),
+      "ready" => Ok(text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+          "loading {} function(s)\n",
+          self.loading.load(Ordering::Acquire)
+        ),
+      )),
+      "metrics" => {
         let mut response = text(StatusCode::OK, self.metrics.render());
         response.headers_mut().insert(
           header::CONTENT_TYPE,
           HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         );
-        return (None, response);
+        Ok(response)
       }
-      _ => {}
+      _ => Err(Failure::NoFunction(path.to_string())),
     }
-    let pool = router::function_of(path).and_then(|name| self.functions.get(name));
-    let Some(pool) = pool else {
-      let message = format!("no function serves {path}");
-      return (None, json_error(StatusCode::NOT_FOUND, &message));
+  }
+
+  /// The one place a [`Failure`] becomes a response (and a log line).
+  fn failure_response(
+    &self,
+    failure: Failure,
+    function: Option<&str>,
+    id: &str,
+  ) -> Response<HostBody> {
+    let status = failure.status();
+    let function = function.unwrap_or("-");
+    let detail = failure.to_string();
+    if status.is_server_error() {
+      // Function and id first: the detail may span lines (a stack).
+      tracing::warn!("function '{function}' request_id={id}: {status}: {detail}");
+    }
+    let message = if status == StatusCode::INTERNAL_SERVER_ERROR && !self.options.expose_errors {
+      "internal error"
+    } else {
+      &detail
     };
-    let name = pool.name().to_string();
-    // On its own task: a client that disconnects drops this future, and an
-    // instance must never be dropped mid-request (it goes back to its pool
-    // or is discarded with a recorded cause).
-    let host = self.clone();
-    let pool = pool.clone();
-    let response = match tokio::spawn(async move { host.dispatch(&pool, request).await }).await {
-      Ok(response) => response,
-      Err(e) => json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        &format!("function '{name}': request task failed: {e}"),
-      ),
-    };
-    (Some(name), response)
+    json_error(status, message, id)
   }
 
   async fn dispatch(
     &self,
     pool: &Arc<FunctionPool>,
     request: Request<Incoming>,
-  ) -> Response<HostBody> {
+    call: Call,
+  ) -> Result<Response<HostBody>, Failure> {
     let limit = self.options.max_body_bytes;
     let declared = request
       .headers()
@@ -317,27 +500,17 @@ impl Host {
       .and_then(|v| v.to_str().ok())
       .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-      return too_large(limit);
+      return Err(Failure::TooLarge(limit));
     }
     let (parts, incoming) = request.into_parts();
-    let url = match request_url(&parts) {
-      Ok(url) => url,
-      Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
-    };
+    let url = request_url(&parts, &call.path).map_err(Failure::BadRequest)?;
     // Counted from here (waiting for an instance included) until the
     // instance is done with the request.
     let in_flight = InFlight::new(self.metrics.clone());
-    let lease = match pool.acquire(self.options.timeout).await {
-      Ok(lease) => lease,
-      Err(e @ StartError::Busy { .. }) => {
-        tracing::warn!("{e}");
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-      }
-      Err(e) => {
-        tracing::error!("{e}");
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
-      }
-    };
+    let lease = pool
+      .acquire(self.options.timeout)
+      .await
+      .map_err(Failure::Unavailable)?;
 
     let headers = parts
       .headers
@@ -355,55 +528,100 @@ impl Host {
     let (reply_tx, reply_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
     let serve_request = ServeRequest {
+      id: call.id,
+      hops: call.hops,
       method: parts.method.to_string(),
       url,
       headers,
       body,
       reply: reply_tx,
       done: done_tx,
+      client_gone: call.gone,
     };
-    if lease.instance.send(serve_request).is_err() {
+    if !lease.instance.send(serve_request) {
       let message = death_message(pool.name(), &lease, self.options.max_heap_bytes);
       pool.discard(lease);
-      return json_error(StatusCode::INTERNAL_SERVER_ERROR, &message);
+      return Err(Failure::Internal(message));
     }
     let deadline = tokio::time::Instant::now() + self.options.timeout;
-    let reply = tokio::time::timeout_at(deadline, reply_rx).await;
-    let exceeded = || {
-      too_big
-        .as_ref()
-        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
-    };
-    let outcome = match reply {
+    let outcome = match tokio::time::timeout_at(deadline, reply_rx).await {
       Err(_) => {
         lease.instance.terminate(TerminationCause::Timeout);
         pool.discard(lease);
-        let message = format!(
-          "function '{}' timed out after {} ms",
-          pool.name(),
-          self.options.timeout.as_millis()
-        );
-        tracing::warn!("{message}");
-        return json_error(StatusCode::GATEWAY_TIMEOUT, &message);
+        return Err(Failure::Timeout {
+          function: pool.name().to_string(),
+          ms: self.options.timeout.as_millis(),
+        });
       }
       Ok(Err(_)) => {
         let message = death_message(pool.name(), &lease, self.options.max_heap_bytes);
         pool.discard(lease);
-        tracing::warn!("{message}");
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, &message);
+        return Err(Failure::Internal(message));
       }
       Ok(Ok(outcome)) => outcome,
     };
     finish_in_background(pool.clone(), lease, done_rx, deadline, in_flight);
-    if exceeded() {
-      return too_large(limit);
+    if too_big.is_some_and(|f| f.load(Ordering::Acquire)) {
+      return Err(Failure::TooLarge(limit));
     }
     match outcome {
-      Err(HandlerError(message)) => {
-        tracing::warn!(function = pool.name(), "handler failed: {message}");
-        json_error(StatusCode::INTERNAL_SERVER_ERROR, &message)
-      }
+      Err(HandlerError(message)) => Err(Failure::Internal(message)),
       Ok(response) => into_http_response(response, pool.name()),
+    }
+  }
+}
+
+/// What `dispatch` needs of a routed request besides the request itself.
+struct Call {
+  id: Arc<str>,
+  hops: u32,
+  /// The normalized path.
+  path: String,
+  gone: oneshot::Receiver<()>,
+}
+
+/// Logs and counts one request when it is answered, or with status 499 if
+/// the client went away first (then it also aborts the function's
+/// `request.signal`).
+struct RequestLog {
+  metrics: Arc<Metrics>,
+  started: Instant,
+  method: Method,
+  path: String,
+  id: Arc<str>,
+  function: Option<String>,
+  /// Dropped unsent once answered; sent when the client went away.
+  client_gone: Option<oneshot::Sender<()>>,
+}
+
+/// The status logged for a request whose client went away (nginx's).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl RequestLog {
+  fn finish(mut self, status: StatusCode) {
+    self.client_gone = None;
+    self.record(status.as_u16());
+  }
+
+  fn record(&self, status: u16) {
+    let function = self.function.as_deref();
+    self.metrics.request(function.unwrap_or(""), status);
+    tracing::info!(
+      "{} {} {status} {} {:.1}ms id={}",
+      self.method,
+      self.path,
+      function.unwrap_or("-"),
+      self.started.elapsed().as_secs_f64() * 1000.0,
+      self.id
+    );
+  }
+}
+
+impl Drop for RequestLog {
+  fn drop(&mut self) {
+    if let Some(gone) = self.client_gone.take() {
+      let _ = gone.send(());
+      self.record(CLIENT_CLOSED_REQUEST);
     }
   }
 }
@@ -467,8 +685,8 @@ fn death_message(function: &str, lease: &Lease, max_heap_bytes: usize) -> String
 }
 
 /// The URL the function sees: scheme, the request's authority (from the
-/// request target or the Host header) and path with query.
-fn request_url(parts: &http::request::Parts) -> Result<String, String> {
+/// request target or the Host header), the normalized path and the query.
+fn request_url(parts: &http::request::Parts, path: &str) -> Result<String, String> {
   let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
     (Some(authority), _) => authority.to_string(),
     (None, Some(host)) => host
@@ -479,11 +697,18 @@ fn request_url(parts: &http::request::Parts) -> Result<String, String> {
       .ok_or_else(|| format!("invalid Host header: {host:?}"))?,
     (None, None) => "localhost".to_string(),
   };
-  let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-  Ok(format!("http://{authority}{path}"))
+  let query = parts
+    .uri
+    .query()
+    .map(|q| format!("?{q}"))
+    .unwrap_or_default();
+  Ok(format!("http://{authority}{path}{query}"))
 }
 
-fn into_http_response(response: ServeResponse, function: &str) -> Response<HostBody> {
+fn into_http_response(
+  response: ServeResponse,
+  function: &str,
+) -> Result<Response<HostBody>, Failure> {
   let mut builder = Response::builder().status(response.status);
   for (name, value) in &response.headers {
     builder = builder.header(name.as_slice(), value.as_slice());
@@ -492,20 +717,11 @@ fn into_http_response(response: ServeResponse, function: &str) -> Response<HostB
     Some(body) => HostBody::stream(body),
     None => HostBody::empty(),
   };
-  match builder.body(body) {
-    Ok(response) => response,
-    Err(e) => json_error(
-      StatusCode::INTERNAL_SERVER_ERROR,
-      &format!("function '{function}' returned an invalid response: {e}"),
-    ),
-  }
-}
-
-fn too_large(limit: u64) -> Response<HostBody> {
-  json_error(
-    StatusCode::PAYLOAD_TOO_LARGE,
-    &format!("request body exceeds the limit of {limit} bytes"),
-  )
+  builder.body(body).map_err(|e| {
+    Failure::Internal(format!(
+      "function '{function}' returned an invalid response: {e}"
+    ))
+  })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<HostBody> {
@@ -514,9 +730,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<HostBody> {
   response
 }
 
-/// `{"error": message}` with `status`.
-fn json_error(status: StatusCode, message: &str) -> Response<HostBody> {
-  let body = serde_json::json!({ "error": message }).to_string();
+/// `{"error": message, "request_id": id}` with `status`.
+fn json_error(status: StatusCode, message: &str, id: &str) -> Response<HostBody> {
+  let body = serde_json::json!({ "error": message, "request_id": id }).to_string();
   let mut response = text(status, body);
   response.headers_mut().insert(
     header::CONTENT_TYPE,

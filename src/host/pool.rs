@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
+use super::instance::AcquireError;
 use super::instance::Instance;
 use super::instance::InstanceSpec;
 use super::instance::StartError;
@@ -36,10 +38,15 @@ pub(crate) struct FunctionPool {
   /// Some live instance owns the cron jobs.
   cron_owner: AtomicBool,
   closed: AtomicBool,
+  /// True once the first load at host start-up has finished (either way);
+  /// requests wait for it instead of starting a second load beside it.
+  loaded: watch::Sender<bool>,
 }
 
 impl FunctionPool {
-  pub(crate) fn new(spec: InstanceSpec, max_instances: usize) -> Self {
+  /// A pool; with `preload`, requests wait for [`FunctionPool::preload`]'s
+  /// first load to finish.
+  pub(crate) fn new(spec: InstanceSpec, max_instances: usize, preload: bool) -> Self {
     let max_instances = max_instances.max(1);
     FunctionPool {
       spec,
@@ -48,6 +55,7 @@ impl FunctionPool {
       idle: Mutex::new(Vec::new()),
       cron_owner: AtomicBool::new(false),
       closed: AtomicBool::new(false),
+      loaded: watch::Sender::new(!preload),
     }
   }
 
@@ -62,6 +70,12 @@ impl FunctionPool {
   /// Starts the cron-owning instance (at host start-up), so the function's
   /// jobs are registered and its load errors show at once.
   pub(crate) async fn preload(self: &Arc<Self>) -> Result<(), StartError> {
+    let result = self.start_idle().await;
+    self.loaded.send_replace(true);
+    result
+  }
+
+  async fn start_idle(self: &Arc<Self>) -> Result<(), StartError> {
     let permit = self.permits.clone().acquire_owned().await;
     let Ok(_permit) = permit else {
       return Ok(());
@@ -82,16 +96,27 @@ impl FunctionPool {
 
   /// An instance for one request: an idle one, or a new one while fewer
   /// than `max_instances` are busy; otherwise waits for one to be free.
-  /// Waits at most `wait` for a free slot ([`StartError::Busy`]).
-  pub(crate) async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Lease, StartError> {
-    let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned())
+  /// Waits at most `wait` for the function's first load and a free slot.
+  pub(crate) async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Lease, AcquireError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut loaded = self.loaded.subscribe();
+    if tokio::time::timeout_at(deadline, loaded.wait_for(|done| *done))
       .await
-      .map_err(|_| StartError::Busy {
+      .is_err()
+    {
+      return Err(AcquireError::StillLoading {
+        function: self.spec.function.to_string(),
+        ms: wait.as_millis(),
+      });
+    }
+    let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
+      .await
+      .map_err(|_| AcquireError::Busy {
         function: self.spec.function.to_string(),
         instances: self.max_instances,
         ms: wait.as_millis(),
       })?
-      .map_err(|_| StartError::ShuttingDown(self.spec.function.to_string()))?;
+      .map_err(|_| AcquireError::ShuttingDown(self.spec.function.to_string()))?;
     loop {
       let candidate = self.idle().pop();
       match candidate {
@@ -155,7 +180,7 @@ impl FunctionPool {
   fn respawn_cron_owner(self: &Arc<Self>) {
     let pool = self.clone();
     tokio::spawn(async move {
-      if let Err(e) = pool.preload().await {
+      if let Err(e) = pool.start_idle().await {
         tracing::error!(function = %pool.spec.function, "cannot restart the cron-owning instance: {e}");
       }
     });

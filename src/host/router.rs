@@ -2,8 +2,11 @@
 //!
 //! `<dir>/<name>.ts` (or `.js`, `.mts`, `.mjs`) is served at `/<name>` and
 //! `/<name>/...`. Names are restricted to characters that need no escaping
-//! in a URL path; `/_kiln/...` belongs to the host.
+//! in a URL path; `/_kiln/...` belongs to the host. Paths are routed after
+//! removing dot-segments, and the function sees the same path, so routing
+//! and the function's `new URL(request.url)` never disagree.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
@@ -87,6 +90,49 @@ fn check_name(name: &str) -> Result<(), String> {
   Ok(())
 }
 
+/// A request path that climbs above `/` (`/a/../..`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid path '{0}': it climbs above the root")]
+pub struct PathAboveRoot(pub String);
+
+/// Removes dot-segments from an absolute request path (RFC 3986 section
+/// 5.2.4). `%2e` counts as `.`, as in WHATWG URL parsing, which is what the
+/// function's `new URL()` applies. A path that climbs above `/` is an error
+/// rather than being clamped: no legitimate client sends one.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathAboveRoot> {
+  fn dots(segment: &str) -> usize {
+    match segment.to_ascii_lowercase().as_str() {
+      "." | "%2e" => 1,
+      ".." | ".%2e" | "%2e." | "%2e%2e" => 2,
+      _ => 0,
+    }
+  }
+  let Some(rest) = path.strip_prefix('/') else {
+    return Ok(Cow::Borrowed(path));
+  };
+  let segments: Vec<&str> = rest.split('/').collect();
+  if segments.iter().all(|s| dots(s) == 0) {
+    return Ok(Cow::Borrowed(path));
+  }
+  let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+  let last = segments.len() - 1;
+  for (i, segment) in segments.iter().enumerate() {
+    match dots(segment) {
+      0 => out.push(segment),
+      n => {
+        if n == 2 && out.pop().is_none() {
+          return Err(PathAboveRoot(path.to_string()));
+        }
+        // A trailing dot-segment leaves the path ending in a slash.
+        if i == last {
+          out.push("");
+        }
+      }
+    }
+  }
+  Ok(Cow::Owned(format!("/{}", out.join("/"))))
+}
+
 /// The function name of a request path: the first segment.
 pub fn function_of(path: &str) -> Option<&str> {
   let rest = path.strip_prefix('/')?;
@@ -105,6 +151,24 @@ mod tests {
     assert_eq!(function_of("/hello/"), Some("hello"));
     assert_eq!(function_of("/"), None);
     assert_eq!(function_of(""), None);
+  }
+
+  #[test]
+  fn dot_segments_are_removed_before_routing() {
+    let n = |p| normalize_path(p).map(Cow::into_owned);
+    assert_eq!(n("/echo/a"), Ok("/echo/a".into()));
+    assert_eq!(n("/"), Ok("/".into()));
+    assert_eq!(n("/echo/../hello"), Ok("/hello".into()));
+    assert_eq!(n("/echo/./a/./b"), Ok("/echo/a/b".into()));
+    assert_eq!(n("/echo/a/.."), Ok("/echo/".into()));
+    assert_eq!(n("/echo/a/."), Ok("/echo/a/".into()));
+    assert_eq!(n("/echo/%2E%2e/x"), Ok("/x".into()));
+    assert_eq!(n("/echo/.%2e/x/%2e"), Ok("/x/".into()));
+    assert_eq!(n("/echo/..."), Ok("/echo/...".into()));
+    assert_eq!(n("/a//../b"), Ok("/a/b".into()));
+    for above in ["/..", "/echo/../../etc/passwd", "/%2e%2e/x", "/a/./../.."] {
+      assert_eq!(n(above), Err(PathAboveRoot(above.into())), "{above}");
+    }
   }
 
   #[test]

@@ -2,14 +2,22 @@
 //!
 //! `.ts`/`.mts`/`.tsx` are transpiled with deno_ast at load (once per process
 //! per source text, then served from a cache); `.js`/`.mjs` run as they are;
-//! `.json` loads as a JSON module. Remote and package specifiers (`npm:`,
-//! `jsr:`, `http:`, …) are refused with a clear error: kiln never touches the
-//! network to load code.
+//! `.json` loads as a JSON module, only when imported `with { type: "json" }`.
+//! Remote and package specifiers (`npm:`, `jsr:`, `http:`, …) are refused
+//! with a clear error: kiln never touches the network to load code.
+//!
+//! Every module is a regular file no larger than [`ModuleAccess::max_bytes`],
+//! opened without blocking and read with a bounded reader, so a device or a
+//! FIFO can neither hang nor exhaust the process. With a
+//! [`ModuleAccess::root`] (`kiln serve`), only files whose canonical path lies
+//! inside it load, and every refusal reads the same, so code cannot probe
+//! which files exist outside.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -22,6 +30,7 @@ use deno_core::ModuleSource;
 use deno_core::ModuleSourceCode;
 use deno_core::ModuleSpecifier;
 use deno_core::ModuleType;
+use deno_core::RequestedModuleType;
 use deno_core::ResolutionKind;
 use deno_core::error::ModuleLoaderError;
 use deno_error::JsErrorBox;
@@ -43,10 +52,55 @@ fn transpile_cache() -> &'static Mutex<HashMap<String, Arc<CachedModule>>> {
   CACHE.get_or_init(Default::default)
 }
 
+/// The default of [`ModuleAccess::max_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_MODULE_BYTES: u64 = 16 << 20;
+
+/// Which files user code may load as modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleAccess {
+  /// Only files whose canonical path (symlinks resolved) lies inside this
+  /// directory load; it must itself be canonical. `None`: any file.
+  pub root: Option<PathBuf>,
+  /// Largest module file, in bytes.
+  pub max_bytes: u64,
+}
+
+impl Default for ModuleAccess {
+  fn default() -> Self {
+    ModuleAccess {
+      root: None,
+      max_bytes: DEFAULT_MAX_MODULE_BYTES,
+    }
+  }
+}
+
 /// Loads user modules from the local file system.
 #[derive(Default)]
 pub struct FsModuleLoader {
+  access: ModuleAccess,
   source_maps: RefCell<HashMap<String, Arc<[u8]>>>,
+  /// Resolved specifier -> the specifier as the importing code wrote it,
+  /// for refusals that must not reveal the resolved path.
+  written: RefCell<HashMap<String, String>>,
+}
+
+/// Why a module file could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+  /// Missing, outside the allowed root, or not a regular file: under a root
+  /// these are told apart only in this type, never to the importing code.
+  #[error("no such file")]
+  NotFound,
+  #[error("outside the allowed directory")]
+  OutsideRoot,
+  #[error("not a regular file")]
+  NotRegular,
+  #[error("larger than the limit of {max} bytes")]
+  TooLarge { max: u64 },
+  #[error("not valid UTF-8")]
+  NotUtf8,
+  #[error("{0}")]
+  Io(std::io::Error),
 }
 
 /// Schemes kiln refuses to load, with what they are.
@@ -89,6 +143,12 @@ impl ModuleLoader for FsModuleLoader {
         ))
       }));
     }
+    if self.access.root.is_some() {
+      self
+        .written
+        .borrow_mut()
+        .insert(resolved.to_string(), specifier.to_string());
+    }
     Ok(resolved)
   }
 
@@ -96,9 +156,13 @@ impl ModuleLoader for FsModuleLoader {
     &self,
     specifier: &ModuleSpecifier,
     maybe_referrer: Option<&ModuleLoadReferrer>,
-    _options: ModuleLoadOptions,
+    options: ModuleLoadOptions,
   ) -> ModuleLoadResponse {
-    ModuleLoadResponse::Sync(self.load_sync(specifier, maybe_referrer))
+    ModuleLoadResponse::Sync(self.load_sync(
+      specifier,
+      maybe_referrer,
+      &options.requested_module_type,
+    ))
   }
 
   fn get_source_map(&self, specifier: &str) -> Option<Cow<'_, [u8]>> {
@@ -111,30 +175,69 @@ impl ModuleLoader for FsModuleLoader {
 }
 
 impl FsModuleLoader {
+  /// A loader that loads what `access` allows.
+  pub fn new(access: ModuleAccess) -> Self {
+    FsModuleLoader {
+      access,
+      ..Default::default()
+    }
+  }
+
   fn load_sync(
     &self,
     specifier: &ModuleSpecifier,
     maybe_referrer: Option<&ModuleLoadReferrer>,
+    requested: &RequestedModuleType,
   ) -> Result<ModuleSource, ModuleLoaderError> {
     let path = specifier
       .to_file_path()
       .map_err(|_| JsErrorBox::type_error(format!("not a file path: {specifier}")))?;
-    let source = std::fs::read_to_string(&path).map_err(|e| {
+    // Decided from the name alone, before the file system is touched.
+    let Some(kind) = module_kind(&path) else {
+      return Err(JsErrorBox::type_error(format!(
+        "cannot load module {}: unknown file type (expected .ts, .mts, .tsx, .js, .mjs or .json)",
+        path.display()
+      )));
+    };
+    match (&kind, requested) {
+      (ModuleKind::Json, RequestedModuleType::Json) => {}
+      (ModuleKind::Json, _) => {
+        return Err(JsErrorBox::type_error(format!(
+          "cannot load module {}: JSON modules must be imported with {{ type: \"json\" }}",
+          path.display()
+        )));
+      }
+      (_, RequestedModuleType::Json) => {
+        return Err(JsErrorBox::type_error(format!(
+          "cannot load module {}: imported with {{ type: \"json\" }}, but it is not a .json file",
+          path.display()
+        )));
+      }
+      _ => {}
+    }
+    let source = read_module(&path, &self.access).map_err(|e| {
+      if self.access.root.is_some() && !matches!(e, ReadError::TooLarge { .. }) {
+        // One error for missing, outside and special files: which one it
+        // was would tell the code what exists outside its directory.
+        let written = self.written.borrow().get(specifier.as_str()).cloned();
+        let written = written.unwrap_or_else(|| path.display().to_string());
+        return JsErrorBox::type_error(format!("module not found or not allowed: {written}"));
+      }
       let from = maybe_referrer
         .map(|r| format!(" (imported from {})", r.specifier))
         .unwrap_or_default();
-      let reason = if e.kind() == std::io::ErrorKind::NotFound {
-        "no such file".to_string()
+      let class = if matches!(e, ReadError::NotFound) {
+        "NotFound"
       } else {
-        e.to_string()
+        "TypeError"
       };
       JsErrorBox::new(
-        "NotFound",
-        format!("cannot load module {}{from}: {reason}", path.display()),
+        class,
+        format!("cannot load module {}{from}: {e}", path.display()),
       )
     })?;
-    let (module_type, code) = match module_kind(&path) {
-      Some(ModuleKind::TypeScript) => {
+    let (module_type, code) = match kind {
+      ModuleKind::TypeScript => {
         let module = transpile_cached(specifier, source).map_err(|e| match e {
           TranspileError::Syntax { .. } => JsErrorBox::new("SyntaxError", e.to_string()),
           TranspileError::Emit { .. } => JsErrorBox::generic(e.to_string()),
@@ -147,13 +250,16 @@ impl FsModuleLoader {
         }
         (ModuleType::JavaScript, module.code.to_string())
       }
-      Some(ModuleKind::JavaScript) => (ModuleType::JavaScript, source),
-      Some(ModuleKind::Json) => (ModuleType::Json, source),
-      None => {
-        return Err(JsErrorBox::type_error(format!(
-          "cannot load module {}: unknown file type (expected .ts, .mts, .tsx, .js, .mjs or .json)",
-          path.display()
-        )));
+      ModuleKind::JavaScript => (ModuleType::JavaScript, source),
+      ModuleKind::Json => {
+        // V8's own JSON error names no file; this one does.
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&source) {
+          return Err(JsErrorBox::new(
+            "SyntaxError",
+            format!("invalid JSON in module {}: {e}", path.display()),
+          ));
+        }
+        (ModuleType::Json, source)
       }
     };
     Ok(ModuleSource::new(
@@ -163,6 +269,55 @@ impl FsModuleLoader {
       None,
     ))
   }
+}
+
+/// Reads a module file as `access` allows: a regular file (checked on the
+/// open descriptor, which was opened without blocking so a FIFO cannot hang
+/// us), at most `max_bytes` of it.
+fn read_module(path: &Path, access: &ModuleAccess) -> Result<String, ReadError> {
+  use std::io::Read;
+  use std::os::unix::fs::OpenOptionsExt;
+
+  let not_found = |e: std::io::Error| match e.kind() {
+    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => ReadError::NotFound,
+    _ => ReadError::Io(e),
+  };
+  let mut open = std::fs::OpenOptions::new();
+  open.read(true).custom_flags(libc::O_NONBLOCK);
+  let file = match &access.root {
+    Some(root) => {
+      let canonical = std::fs::canonicalize(path).map_err(not_found)?;
+      if !canonical.starts_with(root) {
+        return Err(ReadError::OutsideRoot);
+      }
+      // No symlink may have been swapped in since it was resolved.
+      open.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+      open.open(&canonical)
+    }
+    None => open.open(path),
+  }
+  .map_err(|e| match e.raw_os_error() {
+    Some(libc::ELOOP) => ReadError::OutsideRoot,
+    _ => not_found(e),
+  })?;
+  let metadata = file.metadata().map_err(ReadError::Io)?;
+  if !metadata.is_file() {
+    return Err(ReadError::NotRegular);
+  }
+  let max = access.max_bytes;
+  if metadata.len() > max {
+    return Err(ReadError::TooLarge { max });
+  }
+  let mut bytes = Vec::with_capacity(metadata.len() as usize);
+  // The file may grow after the size check: never read past the limit.
+  file
+    .take(max.saturating_add(1))
+    .read_to_end(&mut bytes)
+    .map_err(ReadError::Io)?;
+  if bytes.len() as u64 > max {
+    return Err(ReadError::TooLarge { max });
+  }
+  String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
 }
 
 enum ModuleKind {

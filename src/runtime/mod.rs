@@ -19,13 +19,16 @@ use deno_core::PollEventLoopOptions;
 use deno_core::error::CoreError;
 use deno_core::v8;
 
+pub use loader::DEFAULT_MAX_MODULE_BYTES;
 pub use loader::FsModuleLoader;
+pub use loader::ModuleAccess;
 
 use crate::extensions;
 use crate::extensions::ExtensionOptions;
 use crate::extensions::LocalCronHandler;
 use crate::extensions::cron::CronHandler;
 use crate::extensions::runtime::ExitRequest;
+use crate::extensions::runtime::OutputClosed;
 use crate::extensions::runtime::TerminationHandle;
 use crate::snapshot::container::ContainerError;
 use crate::snapshot::container::Manifest;
@@ -51,6 +54,10 @@ pub enum Error {
   /// An uncaught exception, with its (source-mapped) stack.
   #[error("{0}")]
   Uncaught(String),
+  /// The program wrote to a closed stdout (a broken pipe) and was stopped
+  /// (see [`RuntimeOptions::stop_on_closed_stdout`]).
+  #[error("stdout was closed (broken pipe)")]
+  OutputClosed,
 }
 
 /// Options of a runtime; all of them are run-time configuration, never baked.
@@ -58,6 +65,10 @@ pub enum Error {
 pub struct RuntimeOptions {
   /// `Deno.args`.
   pub args: Vec<String>,
+  /// Console output to a closed stdout stops the program
+  /// ([`Error::OutputClosed`]), as a command-line tool in a pipeline
+  /// should (`kiln run` sets it); otherwise such output is dropped.
+  pub stop_on_closed_stdout: bool,
 }
 
 /// A JS runtime thawed from kiln's snapshot.
@@ -113,6 +124,7 @@ pub struct RuntimeBuilder<C: CronHandler = LocalCronHandler> {
   options: RuntimeOptions,
   cron: C,
   max_heap_bytes: Option<usize>,
+  modules: ModuleAccess,
 }
 
 impl Default for RuntimeBuilder {
@@ -124,6 +136,7 @@ impl Default for RuntimeBuilder {
       options: RuntimeOptions::default(),
       cron: LocalCronHandler::default(),
       max_heap_bytes: None,
+      modules: ModuleAccess::default(),
     }
   }
 }
@@ -139,7 +152,16 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
       options: self.options,
       cron: handler,
       max_heap_bytes: self.max_heap_bytes,
+      modules: self.modules,
     }
+  }
+
+  /// Which files user code may import (default: any regular file up to
+  /// [`DEFAULT_MAX_MODULE_BYTES`]). A host running code it did not write
+  /// confines it to a directory with [`ModuleAccess::root`].
+  pub fn module_access(mut self, access: ModuleAccess) -> Self {
+    self.modules = access;
+    self
   }
 
   /// Caps the V8 heap of this runtime, and separately the bytes of live
@@ -214,6 +236,7 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
       self.cron,
       self.extensions,
       create_params,
+      self.modules,
     )
   }
 }
@@ -256,6 +279,7 @@ impl Runtime {
       LocalCronHandler::default(),
       Vec::new(),
       None,
+      ModuleAccess::default(),
     )
   }
 
@@ -272,9 +296,13 @@ impl Runtime {
     cron: C,
     extra_extensions: Vec<Extension>,
     create_params: Option<v8::CreateParams>,
+    modules: ModuleAccess,
   ) -> Result<Self, Error> {
     let ext_options = ExtensionOptions {
-      runtime: extensions::RuntimeConfig { args: options.args },
+      runtime: extensions::RuntimeConfig {
+        args: options.args,
+        stop_on_closed_stdout: options.stop_on_closed_stdout,
+      },
       cron,
     };
     let mut all = extensions::all(ext_options);
@@ -282,7 +310,7 @@ impl Runtime {
     let mut js = JsRuntime::try_new(deno_core::RuntimeOptions {
       startup_snapshot: Some(snapshot),
       extensions: all,
-      module_loader: Some(Rc::new(FsModuleLoader::default())),
+      module_loader: Some(Rc::new(FsModuleLoader::new(modules))),
       residual_lazy_js_sources: residual.0,
       residual_lazy_esm_sources: residual.1,
       create_params,
@@ -389,7 +417,12 @@ impl Runtime {
   pub async fn run_main_module(&mut self, path: &Path) -> Result<i32, Error> {
     let specifier = main_specifier(path)?;
     let result = self.run_module(&specifier).await;
-    match self.js.op_state().borrow().try_borrow::<ExitRequest>() {
+    let state = self.js.op_state();
+    let state = state.borrow();
+    if state.has::<OutputClosed>() {
+      return Err(Error::OutputClosed);
+    }
+    match state.try_borrow::<ExitRequest>() {
       Some(ExitRequest(code)) => Ok(*code),
       None => result.map(|()| 0),
     }

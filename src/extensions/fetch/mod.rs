@@ -30,10 +30,12 @@ deno_core::extension!(
 );
 
 /// deno_fetch's options as kiln runs it: a `kiln/<version>` user agent, the
-/// default (refusing) file fetch handler.
+/// default (refusing) file fetch handler, and subrequests of served
+/// functions marked with their hop count (loop detection, see `serve`).
 pub fn fetch_options() -> deno_fetch::Options {
   deno_fetch::Options {
     user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+    request_builder_hook: Some(super::serve::mark_subrequest::<deno_fetch::ReqBody>),
     ..Default::default()
   }
 }

@@ -2,8 +2,9 @@
 //!
 //! Its glue (`ext_js/runtime.ts`) installs deno_web's classes as globals and
 //! replaces deno_core's internal `Deno` with the public namespace at bake
-//! time. The ops here read run-time configuration (`Deno.args`) and end the
-//! program (`Deno.exit`); nothing here may depend on the bake machine.
+//! time. The ops here read run-time configuration (`Deno.args`), write the
+//! console's output and end the program (`Deno.exit`, or a closed stdout);
+//! nothing here may depend on the bake machine.
 
 use deno_core::OpState;
 use deno_core::op2;
@@ -14,19 +15,39 @@ use deno_core::v8;
 pub struct RuntimeConfig {
   /// `Deno.args`.
   pub args: Vec<String>,
+  /// Stop the program (see [`OutputClosed`]) when console output finds
+  /// stdout closed, as a command-line tool in a pipeline should; otherwise
+  /// such output is dropped.
+  pub stop_on_closed_stdout: bool,
 }
 
 /// Set by `Deno.exit(code)`; the runtime reads it after execution stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitRequest(pub i32);
 
+/// Set when console output found stdout closed (a broken pipe) and the
+/// configuration says to stop; execution was terminated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputClosed;
+
 /// Lets `Deno.exit` stop the isolate from inside an op.
 pub struct TerminationHandle(pub v8::IsolateHandle);
+
+/// Called by `Deno.exit(code)` after it terminated execution, for embedders
+/// whose event loop must end then (a terminated isolate does not always
+/// make deno_core's event loop return).
+pub struct ExitHook(pub Box<dyn Fn(i32)>);
 
 deno_core::extension!(
   kiln_runtime,
   deps = [deno_webidl, deno_web, deno_fetch, kiln_fetch],
-  ops = [op_kiln_args, op_kiln_exit, op_kiln_no_color, op_kiln_versions],
+  ops = [
+    op_kiln_args,
+    op_kiln_exit,
+    op_kiln_no_color,
+    op_kiln_print,
+    op_kiln_versions,
+  ],
   esm_entry_point = "ext:kiln_runtime/runtime.ts",
   esm = [dir "ext_js", "runtime.ts"],
   options = { config: RuntimeConfig },
@@ -74,4 +95,47 @@ fn op_kiln_exit(state: &mut OpState, code: i32) {
   if let Some(handle) = state.try_borrow::<TerminationHandle>() {
     handle.0.terminate_execution();
   }
+  if let Some(hook) = state.try_borrow::<ExitHook>() {
+    (hook.0)(code);
+  }
+}
+
+/// Console output. Unlike deno_core's `op_print` (which panics when a flush
+/// fails) a closed stdout ends the program quietly or is ignored (see
+/// [`RuntimeConfig::stop_on_closed_stdout`]); a failing stderr is ignored:
+/// there is nowhere left to report it.
+#[op2(fast)]
+fn op_kiln_print(state: &mut OpState, #[string] message: &str, is_err: bool) {
+  let written = if is_err {
+    write_fully(&mut std::io::stderr().lock(), message.as_bytes())
+  } else {
+    write_fully(&mut std::io::stdout().lock(), message.as_bytes())
+  };
+  let Err(e) = written else { return };
+  let stop = !is_err
+    && e.kind() == std::io::ErrorKind::BrokenPipe
+    && state
+      .try_borrow::<RuntimeConfig>()
+      .is_some_and(|c| c.stop_on_closed_stdout);
+  if stop {
+    state.put(OutputClosed);
+    if let Some(handle) = state.try_borrow::<TerminationHandle>() {
+      handle.0.terminate_execution();
+    }
+  }
+}
+
+/// Writes and flushes all of `bytes`, retrying when the descriptor is
+/// non-blocking and full.
+fn write_fully(out: &mut impl std::io::Write, mut bytes: &[u8]) -> std::io::Result<()> {
+  while !bytes.is_empty() {
+    match out.write(bytes) {
+      Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+      Ok(n) => bytes = &bytes[n..],
+      Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+      Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+      Err(e) => return Err(e),
+    }
+  }
+  out.flush()
 }

@@ -9,8 +9,15 @@
 //!
 //! Without an inbox (`kiln run`, embedders) `op_serve_next` returns `null` at
 //! once, so the extension costs nothing there.
+//!
+//! Once serving, an error that escapes a handler (an unhandled rejection, a
+//! throw in a timer or microtask) goes to the inbox's [`ServeObserver`]
+//! with the id of the request in flight, instead of ending the isolate; and
+//! every `fetch` the isolate makes carries [`HOPS_HEADER`], so a function
+//! that calls itself ends in `508 Loop Detected` instead of running away.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,8 +58,35 @@ pub struct ResponseBody {
 #[error("{0}")]
 pub struct BodyError(pub String);
 
+/// The header that counts how many function invocations a request has passed
+/// through: the host reads it on every request, and each `fetch` from inside
+/// a function sends the count of the request it serves plus one.
+pub const HOPS_HEADER: &str = "x-kiln-hops";
+
+thread_local! {
+  /// The hop count of the request this thread's isolate serves (each
+  /// instance has its own thread); `None` outside `kiln serve`. A thread
+  /// local because deno_fetch's request hook is a plain `fn`.
+  static SERVING_HOPS: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// deno_fetch's request hook: marks subrequests of a served request with
+/// its hop count plus one. Does nothing outside `kiln serve`.
+pub fn mark_subrequest<B>(request: &mut http::Request<B>) -> Result<(), deno_error::JsErrorBox> {
+  if let Some(hops) = SERVING_HOPS.with(Cell::get) {
+    request
+      .headers_mut()
+      .insert(HOPS_HEADER, http::HeaderValue::from(hops.saturating_add(1)));
+  }
+  Ok(())
+}
+
 /// One request for a function.
 pub struct ServeRequest {
+  /// The host's id of the request (`x-request-id`), for logs.
+  pub id: Arc<str>,
+  /// Function invocations this request has already passed through.
+  pub hops: u32,
   pub method: String,
   /// Absolute URL (`http://host/path?query`).
   pub url: String,
@@ -65,6 +99,9 @@ pub struct ServeRequest {
   /// Fires when the isolate is done with the request (response body written
   /// or abandoned).
   pub done: oneshot::Sender<()>,
+  /// Fires when the client went away before the response head; dropped
+  /// unsent once the head is out. Aborts `request.signal`.
+  pub client_gone: oneshot::Receiver<()>,
 }
 
 /// A response head and its body.
@@ -80,12 +117,30 @@ pub struct ServeResponse {
 #[error("{0}")]
 pub struct HandlerError(pub String);
 
+/// What the host hears from a serving isolate besides responses.
+pub trait ServeObserver {
+  /// An error escaped a handler's own promise (an unhandled rejection, a
+  /// throw in a timer or microtask): `request_id` is the request in flight
+  /// when it surfaced, if any; `message` the error with its stack. The
+  /// isolate keeps serving.
+  fn unhandled_error(&self, request_id: Option<&str>, message: &str);
+}
+
 /// The host side of an isolate's inbox: put into the op state at run time.
-pub struct ServeInbox(pub Rc<AsyncRefCell<mpsc::Receiver<ServeRequest>>>);
+pub struct ServeInbox {
+  receiver: Rc<AsyncRefCell<mpsc::Receiver<ServeRequest>>>,
+  observer: Box<dyn ServeObserver>,
+  /// The request being served (an instance serves one at a time).
+  current: RefCell<Option<(ResourceId, Arc<str>)>>,
+}
 
 impl ServeInbox {
-  pub fn new(receiver: mpsc::Receiver<ServeRequest>) -> Self {
-    ServeInbox(Rc::new(AsyncRefCell::new(receiver)))
+  pub fn new(receiver: mpsc::Receiver<ServeRequest>, observer: Box<dyn ServeObserver>) -> Self {
+    ServeInbox {
+      receiver: Rc::new(AsyncRefCell::new(receiver)),
+      observer,
+      current: RefCell::new(None),
+    }
   }
 }
 
@@ -117,6 +172,8 @@ deno_core::extension!(
     op_serve_write,
     op_serve_error,
     op_serve_finish,
+    op_serve_client_gone,
+    op_serve_unhandled,
   ],
   esm_entry_point = "ext:kiln_serve/serve.ts",
   esm = [dir "ext_js", "serve.ts"],
@@ -130,6 +187,7 @@ struct RequestResource {
   /// Set when the glue finished the body normally.
   complete: Arc<AtomicBool>,
   done: RefCell<Option<oneshot::Sender<()>>>,
+  client_gone: RefCell<Option<oneshot::Receiver<()>>>,
 }
 
 impl Resource for RequestResource {
@@ -156,17 +214,23 @@ impl Drop for RequestResource {
 async fn op_serve_next(
   state: Rc<RefCell<OpState>>,
 ) -> Option<(ResourceId, String, String, HeaderList, bool)> {
-  let inbox = state.borrow().try_borrow::<ServeInbox>()?.0.clone();
+  let inbox = state.borrow().try_borrow::<ServeInbox>()?.receiver.clone();
   let request = inbox.borrow_mut().await.recv().await?;
   let has_body = request.body.is_some();
+  SERVING_HOPS.with(|hops| hops.set(Some(request.hops)));
   let resource = RequestResource {
     body: AsyncRefCell::new(request.body),
     reply: RefCell::new(Some(request.reply)),
     response_body: RefCell::new(None),
     complete: Arc::new(AtomicBool::new(false)),
     done: RefCell::new(Some(request.done)),
+    client_gone: RefCell::new(Some(request.client_gone)),
   };
-  let rid = state.borrow_mut().resource_table.add(resource);
+  let mut state = state.borrow_mut();
+  let rid = state.resource_table.add(resource);
+  if let Some(inbox) = state.try_borrow::<ServeInbox>() {
+    *inbox.current.borrow_mut() = Some((rid, request.id));
+  }
   Some((rid, request.method, request.url, request.headers, has_body))
 }
 
@@ -287,6 +351,12 @@ fn op_serve_finish(
   if ok {
     resource.complete.store(true, Ordering::Release);
   }
+  if let Some(inbox) = state.try_borrow::<ServeInbox>() {
+    let mut current = inbox.current.borrow_mut();
+    if current.as_ref().is_some_and(|(r, _)| *r == rid) {
+      *current = None;
+    }
+  }
   if let Some(reply) = resource.reply.borrow_mut().take() {
     // Finished without responding or failing: a bug in the glue, reported
     // instead of leaving the client waiting.
@@ -295,4 +365,31 @@ fn op_serve_finish(
     )));
   }
   Ok(())
+}
+
+/// Resolves `true` when the client went away before the response head,
+/// `false` once that can no longer happen.
+#[op2]
+async fn op_serve_client_gone(
+  state: Rc<RefCell<OpState>>,
+  #[smi] rid: ResourceId,
+) -> Result<bool, ServeOpError> {
+  let resource = state.borrow().resource_table.get::<RequestResource>(rid)?;
+  let gone = resource.client_gone.borrow_mut().take();
+  drop(resource);
+  Ok(match gone {
+    Some(gone) => gone.await.is_ok(),
+    None => false,
+  })
+}
+
+/// An error escaped a handler: tell the host (with the request in flight)
+/// instead of ending the isolate.
+#[op2(fast)]
+fn op_serve_unhandled(state: &mut OpState, #[string] message: &str) {
+  if let Some(inbox) = state.try_borrow::<ServeInbox>() {
+    let current = inbox.current.borrow();
+    let id = current.as_ref().map(|(_, id)| &**id);
+    inbox.observer.unhandled_error(id, message);
+  }
 }
