@@ -1,33 +1,22 @@
-//! Bakes kiln's extensions into `$OUT_DIR/kiln.snap` (see DESIGN.md).
-//!
-//! Only the modules baking needs are compiled here, through `#[path]`; they
-//! must not reach into the rest of the crate.
-
-#[allow(dead_code)]
-#[path = "src/snapshot/bake.rs"]
-mod bake;
-#[allow(dead_code)]
-#[path = "src/snapshot/container.rs"]
-mod container;
-#[allow(dead_code)]
-#[path = "src/extensions/mod.rs"]
-mod extensions;
-#[allow(dead_code)]
-#[path = "src/snapshot/transpile.rs"]
-mod transpile;
+//! Bakes kiln's extensions into `$OUT_DIR/kiln.snap` (see DESIGN.md) when
+//! the `embedded-snapshot` feature is on; the baking is `kiln-pipeline`'s
+//! `Baker`, the list `kiln-extensions`' one `all()`.
 
 use std::path::PathBuf;
 
 fn main() {
-  let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
   let target = std::env::var("TARGET").expect("cargo sets TARGET");
   // The runtime computes its expected fingerprint with the same target.
   std::println!("cargo:rustc-env=KILN_TARGET={target}");
   std::println!("cargo:rerun-if-changed=build.rs");
+  if std::env::var_os("CARGO_FEATURE_EMBEDDED_SNAPSHOT").is_none() {
+    return;
+  }
   std::println!("cargo:rerun-if-changed=ext_js");
+  let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
-  let baked = match bake::Baker::new(&out_dir)
-    .extensions(extensions::all(extensions::ExtensionOptions::default()))
+  let baked = match kiln_pipeline::bake::Baker::new(&out_dir)
+    .extensions(kiln_extensions::all(Default::default()))
     .target(&target)
     .cargo_manifest_dir(env!("CARGO_MANIFEST_DIR"))
     .bake()

@@ -29,8 +29,8 @@ use http_body_util::BodyExt;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use kiln::host::Host;
-use kiln::host::HostOptions;
+use kiln_host::Host;
+use kiln_host::HostOptions;
 
 /// Functions written for the cold bench; more than any criterion run uses.
 const COLD_FUNCTIONS: usize = 3000;
@@ -105,7 +105,7 @@ fn serve(c: &mut Criterion) {
       .await
       .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(kiln::host::serve(
+    tokio::spawn(kiln_host::serve(
       host.clone(),
       listener,
       std::future::pending(),

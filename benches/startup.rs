@@ -43,8 +43,10 @@ fn startup(c: &mut Criterion) {
       // block, before `raw`; nothing keeps the slice beyond the runtime.
       let bytes: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(&raw) };
       {
+        // SAFETY: `bytes` is `load::thaw`'s output for kiln's own list.
         let mut rt =
-          kiln::Runtime::from_snapshot(bytes, kiln::RuntimeOptions::default()).expect("runtime");
+          unsafe { kiln::Runtime::from_snapshot(bytes, kiln::RuntimeOptions::default()) }
+            .expect("runtime");
         common::one_plus_one(rt.js_runtime());
       }
       drop(raw);

@@ -24,7 +24,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn repo(path: &str) -> PathBuf {
-  Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+  crate::repo_root().join(path)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

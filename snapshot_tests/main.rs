@@ -1,16 +1,20 @@
 //! Integration tests that boot from the real baked snapshot: the `kiln`
-//! binary as a user runs it, and the library in-process.
+//! binary as a user runs it, and the library in-process. Compiled as a test
+//! of `crates/cli` (the package that builds the binary).
 
 mod cli;
 mod cron;
-mod embed;
 mod hardening;
 mod library;
 mod serve;
 
+/// The repository root (these tests are compiled as part of `crates/cli`).
+pub fn repo_root() -> std::path::PathBuf {
+  std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// Held by tests that hide parts of the source tree (the relocation test
-/// renames `ext_js/`) and by tests that build from it (the embed example's
-/// cargo build would see the files missing).
+/// renames `ext_js/`) and by tests that read from it.
 pub static SOURCE_TREE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Locks [`SOURCE_TREE`], ignoring poisoning by a failed test.

@@ -12,11 +12,17 @@
 //! ```
 //!
 //! A [`Runtime`] must be created inside a tokio runtime and stays on its
-//! thread. See DESIGN.md for the pipeline.
+//! thread. This crate is the runtime layer of the workspace: it depends on
+//! the pipeline (`kiln-pipeline`) and the extensions (`kiln-extensions`),
+//! re-exported here as [`snapshot`] and [`extensions`]; the function host
+//! and the CLI build on it. With the default `embedded-snapshot` feature its
+//! `build.rs` bakes kiln's extensions and the snapshot is embedded
+//! ([`Runtime::new`]); an embedder that bakes its own turns the feature off.
 
-pub mod extensions;
-pub mod host;
 pub mod runtime;
+
+pub use kiln_extensions as extensions;
+
 pub mod snapshot;
 
 pub use runtime::Error;

@@ -1,7 +1,6 @@
 //! Bakes kiln's extensions plus `embed_ext` into `$OUT_DIR/kiln.snap`.
 
-#[path = "src/ext.rs"]
-mod ext;
+use kiln_embed_ext as ext;
 
 fn main() {
   let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");

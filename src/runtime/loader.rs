@@ -35,8 +35,8 @@ use deno_core::ResolutionKind;
 use deno_core::error::ModuleLoaderError;
 use deno_error::JsErrorBox;
 
-use crate::snapshot::transpile;
-use crate::snapshot::transpile::TranspileError;
+use kiln_pipeline::transpile;
+use kiln_pipeline::transpile::TranspileError;
 
 /// A transpiled module, shared across runtimes of the process.
 struct CachedModule {
@@ -195,8 +195,10 @@ impl FsModuleLoader {
     // Decided from the name alone, before the file system is touched.
     let Some(kind) = module_kind(&path) else {
       return Err(JsErrorBox::type_error(format!(
-        "cannot load module {}: unknown file type (expected .ts, .mts, .tsx, .js, .mjs or .json)",
-        path.display()
+        "cannot load module {}: unknown file type (expected .{}, .{} or .json)",
+        path.display(),
+        transpile::TYPESCRIPT_EXTENSIONS.join(", ."),
+        JAVASCRIPT_EXTENSIONS.join(", .")
       )));
     };
     match (&kind, requested) {
@@ -326,12 +328,20 @@ enum ModuleKind {
   Json,
 }
 
+/// Extensions of JavaScript modules (TypeScript ones are
+/// [`transpile::TYPESCRIPT_EXTENSIONS`]).
+pub const JAVASCRIPT_EXTENSIONS: &[&str] = &["js", "mjs", "cjs"];
+
 fn module_kind(path: &Path) -> Option<ModuleKind> {
-  match path.extension()?.to_str()? {
-    "ts" | "mts" | "cts" | "tsx" => Some(ModuleKind::TypeScript),
-    "js" | "mjs" | "cjs" => Some(ModuleKind::JavaScript),
-    "json" => Some(ModuleKind::Json),
-    _ => None,
+  let ext = path.extension()?.to_str()?;
+  if transpile::TYPESCRIPT_EXTENSIONS.contains(&ext) {
+    Some(ModuleKind::TypeScript)
+  } else if JAVASCRIPT_EXTENSIONS.contains(&ext) {
+    Some(ModuleKind::JavaScript)
+  } else if ext == "json" {
+    Some(ModuleKind::Json)
+  } else {
+    None
   }
 }
 

@@ -17,6 +17,8 @@ use deno_core::JsRuntime;
 use deno_core::ModuleSpecifier;
 use deno_core::PollEventLoopOptions;
 use deno_core::error::CoreError;
+use deno_core::error::CoreErrorKind;
+use deno_core::error::JsError;
 use deno_core::v8;
 
 pub use loader::DEFAULT_MAX_MODULE_BYTES;
@@ -37,10 +39,15 @@ use crate::snapshot::load;
 /// Why a runtime could not start or a program failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-  /// The embedded snapshot is unusable (truncated, corrupt, or baked for a
-  /// different extension set).
+  /// The snapshot is unusable (truncated, corrupt, or baked for a different
+  /// extension set).
   #[error(transparent)]
   Snapshot(#[from] ContainerError),
+  /// No snapshot to start from: this crate was built without its
+  /// `embedded-snapshot` feature and none was given
+  /// ([`RuntimeBuilder::snapshot`]).
+  #[error("no snapshot: kiln was built without `embedded-snapshot`; give the builder one")]
+  NoSnapshot,
   /// deno_core refused to create the runtime.
   #[error("cannot create the JS runtime: {0}")]
   Init(String),
@@ -51,9 +58,14 @@ pub enum Error {
   /// specifier. One line.
   #[error("{0}")]
   Load(String),
-  /// An uncaught exception, with its (source-mapped) stack.
+  /// An uncaught exception, as deno_core reports it: message, class and
+  /// source-mapped frames. Displays as its stack.
   #[error("{0}")]
-  Uncaught(String),
+  Uncaught(Box<JsError>),
+  /// A function the glue registered for the host (`hostHooks[hook]`)
+  /// threw. Displays as the exception's one-line message.
+  #[error("{}", exception_message(.error))]
+  HostHook { hook: String, error: Box<JsError> },
   /// The program wrote to a closed stdout (a broken pipe) and was stopped
   /// (see [`RuntimeOptions::stop_on_closed_stdout`]).
   #[error("stdout was closed (broken pipe)")]
@@ -209,6 +221,7 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
   /// per process and container) and creates the runtime.
   pub fn build(self) -> Result<Runtime, Error> {
     let (raw, residual) = match self.container {
+      #[cfg(feature = "embedded-snapshot")]
       None if self.extensions.is_empty() => {
         // Decompression (first runtime of the process only) runs on a thread
         // while V8's platform starts here.
@@ -219,7 +232,7 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
       container => {
         // kiln's own snapshot holds only kiln's extensions, so extra ones
         // without a container of their own are a fingerprint mismatch.
-        let container = container.unwrap_or(load::EMBEDDED_SNAPSHOT);
+        let container = container.map_or_else(embedded_container, Ok)?;
         let raw = load::thaw_cached(container, &manifest_with(&self.extensions))?;
         (raw, self.residual.unwrap_or((&[], &[])))
       }
@@ -241,7 +254,16 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
   }
 }
 
+/// kiln's own container, when this crate embeds one.
+fn embedded_container() -> Result<&'static [u8], Error> {
+  #[cfg(feature = "embedded-snapshot")]
+  return Ok(load::EMBEDDED_SNAPSHOT);
+  #[cfg(not(feature = "embedded-snapshot"))]
+  Err(Error::NoSnapshot)
+}
+
 /// The residual sources that belong to kiln's embedded snapshot.
+#[cfg(feature = "embedded-snapshot")]
 const EMBEDDED_RESIDUAL: ResidualSources = (load::RESIDUAL_LAZY_JS, load::RESIDUAL_LAZY_ESM);
 
 /// The manifest of kiln's extensions followed by `extra`.
@@ -256,22 +278,41 @@ fn manifest_with(extra: &[Extension]) -> Manifest {
 /// Starts thawing the embedded snapshot in the background; call it as early
 /// as possible in `main` to hide the decompression behind process start-up.
 /// [`Runtime::new`] calls it too.
+#[cfg(feature = "embedded-snapshot")]
 pub fn prefetch_snapshot() {
   load::prefetch_embedded(expected_manifest);
 }
 
+/// Checks (and thaws, once per process) the embedded snapshot, so a host can
+/// refuse to start on a broken one instead of failing every request.
+#[cfg(feature = "embedded-snapshot")]
+pub fn check_embedded_snapshot() -> Result<(), ContainerError> {
+  load::embedded(expected_manifest).map(|_| ())
+}
+
 impl Runtime {
   /// Thaws a runtime from the embedded snapshot and bootstraps it.
+  #[cfg(feature = "embedded-snapshot")]
   pub fn new(options: RuntimeOptions) -> Result<Self, Error> {
     Self::builder().options(options).build()
   }
 
   /// Creates a runtime from raw (already checked and decompressed) snapshot
-  /// bytes baked from `extensions::all()`. Prefer [`Runtime::new`]; this is
-  /// for embedders that manage snapshot bytes themselves. Bytes baked for
-  /// another extension list are undefined behaviour in V8: check them with
-  /// [`load::thaw`] first.
-  pub fn from_snapshot(snapshot: &'static [u8], options: RuntimeOptions) -> Result<Self, Error> {
+  /// bytes baked from `extensions::all()`, skipping the check. Prefer
+  /// [`Runtime::new`] or [`Runtime::builder`]; this is for embedders (and
+  /// benchmarks) that manage snapshot bytes themselves.
+  ///
+  /// # Safety
+  ///
+  /// `snapshot` must be the output of [`load::thaw`] (or
+  /// [`load::embedded`]) for exactly kiln's extension list: V8 does not
+  /// check ops or external references, so other bytes are undefined
+  /// behaviour (typically a crash inside V8).
+  #[cfg(feature = "embedded-snapshot")]
+  pub unsafe fn from_snapshot(
+    snapshot: &'static [u8],
+    options: RuntimeOptions,
+  ) -> Result<Self, Error> {
     Self::create(
       snapshot,
       EMBEDDED_RESIDUAL,
@@ -336,10 +377,11 @@ impl Runtime {
     Some(v8::Global::new(scope, function))
   }
 
-  /// Calls `hostHooks[name](arg)` and waits for it to return (running the
-  /// event loop meanwhile if it returns a promise). A JS exception becomes
-  /// [`Error::Load`] with its one-line message.
-  pub(crate) async fn call_host_hook(
+  /// Calls `hostHooks[name](arg)` — a function kiln's glue registered for
+  /// the host, such as `serve` (used by `kiln-host`) — and waits for it to
+  /// return (running the event loop meanwhile if it returns a promise). A JS
+  /// exception becomes [`Error::HostHook`].
+  pub async fn call_host_hook(
     &mut self,
     name: &str,
     arg: v8::Global<v8::Object>,
@@ -359,9 +401,12 @@ impl Runtime {
       .await
     {
       Ok(_) => Ok(()),
-      Err(e) => Err(match e.as_kind() {
-        deno_core::error::CoreErrorKind::Js(js) => Error::Load(exception_message(js).to_string()),
-        _ => Error::Load(e.to_string()),
+      Err(e) => Err(match *e.0 {
+        CoreErrorKind::Js(error) => Error::HostHook {
+          hook: name.to_string(),
+          error,
+        },
+        other => Error::Load(other.to_string()),
       }),
     }
   }
@@ -371,19 +416,34 @@ impl Runtime {
   /// module scheduled (timers, cron jobs) stays pending. Returns the module
   /// namespace.
   pub async fn load_main_module(&mut self, path: &Path) -> Result<v8::Global<v8::Object>, Error> {
-    let specifier = main_specifier(path)?;
-    let id = self
-      .js
-      .load_main_es_module(&specifier)
-      .await
-      .map_err(load_error)?;
-    let evaluation = self.js.mod_evaluate(id);
+    let (id, evaluation) = self.load_and_evaluate(path).await?;
     self
       .js
       .with_event_loop_future(evaluation, PollEventLoopOptions::default())
       .await
       .map_err(classify)?;
     self.js.get_module_namespace(id).map_err(classify)
+  }
+
+  /// Loads `path` as the main module and starts its evaluation: the one
+  /// place both ways of running a main module begin.
+  async fn load_and_evaluate(
+    &mut self,
+    path: &Path,
+  ) -> Result<
+    (
+      deno_core::ModuleId,
+      impl std::future::Future<Output = Result<(), CoreError>> + Unpin + use<>,
+    ),
+    Error,
+  > {
+    let specifier = main_specifier(path)?;
+    let id = self
+      .js
+      .load_main_es_module(&specifier)
+      .await
+      .map_err(load_error)?;
+    Ok((id, self.js.mod_evaluate(id)))
   }
 
   /// The underlying deno_core runtime, for embedders that need more.
@@ -397,7 +457,7 @@ impl Runtime {
     let value = self
       .js
       .execute_script("kiln:script", code.to_string())
-      .map_err(|e| Error::Uncaught(e.to_string()))?;
+      .map_err(Error::Uncaught)?;
     deno_core::scope!(scope, &mut self.js);
     let local = deno_core::v8::Local::new(scope, value);
     Ok(local.to_rust_string_lossy(scope))
@@ -415,8 +475,7 @@ impl Runtime {
   /// Loads `path` as the main module, evaluates it and runs the event loop to
   /// completion. Returns the exit code: 0, or what `Deno.exit(code)` asked for.
   pub async fn run_main_module(&mut self, path: &Path) -> Result<i32, Error> {
-    let specifier = main_specifier(path)?;
-    let result = self.run_module(&specifier).await;
+    let result = self.run_module(path).await;
     let state = self.js.op_state();
     let state = state.borrow();
     if state.has::<OutputClosed>() {
@@ -428,13 +487,8 @@ impl Runtime {
     }
   }
 
-  async fn run_module(&mut self, specifier: &ModuleSpecifier) -> Result<(), Error> {
-    let id = self
-      .js
-      .load_main_es_module(specifier)
-      .await
-      .map_err(load_error)?;
-    let evaluation = self.js.mod_evaluate(id);
+  async fn run_module(&mut self, path: &Path) -> Result<(), Error> {
+    let (_, evaluation) = self.load_and_evaluate(path).await?;
     self
       .js
       .run_event_loop(PollEventLoopOptions::default())
@@ -481,7 +535,7 @@ fn load_error(err: CoreError) -> Error {
 }
 
 /// An exception's message without V8's `Uncaught ` prefix.
-fn exception_message(js: &deno_core::error::JsError) -> &str {
+fn exception_message(js: &JsError) -> &str {
   js.exception_message
     .strip_prefix("Uncaught ")
     .unwrap_or(&js.exception_message)
@@ -489,8 +543,8 @@ fn exception_message(js: &deno_core::error::JsError) -> &str {
 
 /// Separates exceptions thrown by user code from load failures.
 fn classify(err: CoreError) -> Error {
-  match err.as_kind() {
-    deno_core::error::CoreErrorKind::Js(js) => Error::Uncaught(js.to_string()),
-    _ => Error::Load(err.to_string()),
+  match *err.0 {
+    CoreErrorKind::Js(js) => Error::Uncaught(js),
+    other => Error::Load(other.to_string()),
   }
 }

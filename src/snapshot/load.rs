@@ -1,36 +1,43 @@
-//! The thaw: reads the container embedded in this binary, checks it against
-//! the extension list this binary runs with, and decompresses it once per
-//! process. Never panics on a bad container: every failure is a
+//! The run side: the container `build.rs` embedded in this crate (with the
+//! `embedded-snapshot` feature), checked against the extension list this
+//! binary runs with and decompressed once per process, and the thaw of any
+//! other container. Never panics on a bad container: every failure is a
 //! [`ContainerError`].
 
+#[cfg(feature = "embedded-snapshot")]
 use std::sync::OnceLock;
 
+#[cfg(feature = "embedded-snapshot")]
 use super::container::ContainerError;
+#[cfg(feature = "embedded-snapshot")]
 use super::container::Manifest;
-use super::container::SnapshotContainer;
 
-/// The container `build.rs` baked for this binary.
-pub static EMBEDDED_SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln.snap"));
+pub use kiln_pipeline::thaw::thaw;
+pub use kiln_pipeline::thaw::thaw_cached;
 
-/// The target triple the snapshot was baked for (set by `build.rs`).
+/// The target triple this crate was built for (set by `build.rs`); part of
+/// every snapshot's manifest.
 pub const TARGET: &str = env!("KILN_TARGET");
 
+/// The container `build.rs` baked for this binary.
+#[cfg(feature = "embedded-snapshot")]
+pub static EMBEDDED_SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln.snap"));
+
+#[cfg(feature = "embedded-snapshot")]
 mod residual {
   include!(concat!(env!("OUT_DIR"), "/kiln_residual.rs"));
 }
+/// Lazily loaded sources of the embedded snapshot that no baked code
+/// consumed (the runtime must carry them).
+#[cfg(feature = "embedded-snapshot")]
 pub use residual::RESIDUAL_LAZY_ESM;
+#[cfg(feature = "embedded-snapshot")]
 pub use residual::RESIDUAL_LAZY_JS;
-
-/// Parses `bytes`, checks it was baked for `expected`, and decompresses it.
-pub fn thaw(bytes: &[u8], expected: &Manifest) -> Result<Vec<u8>, ContainerError> {
-  let container = SnapshotContainer::parse(bytes)?;
-  container.check_manifest(expected)?;
-  container.decompress()
-}
 
 /// Starts checking and decompressing the embedded snapshot on a background
 /// thread, so the work overlaps V8 platform start-up. Only the first call
 /// does anything; [`embedded`] waits for the result.
+#[cfg(feature = "embedded-snapshot")]
 pub fn prefetch_embedded(expected: fn() -> Manifest) {
   static STARTED: std::sync::Once = std::sync::Once::new();
   STARTED.call_once(|| {
@@ -46,31 +53,11 @@ pub fn prefetch_embedded(expected: fn() -> Manifest) {
 /// The embedded snapshot, checked and decompressed on first use and shared by
 /// every runtime in the process. `expected` is only consulted on first use;
 /// the embedded extension list is fixed for the process.
+#[cfg(feature = "embedded-snapshot")]
 pub fn embedded(expected: impl FnOnce() -> Manifest) -> Result<&'static [u8], ContainerError> {
   static THAWED: OnceLock<Result<Box<[u8]>, ContainerError>> = OnceLock::new();
   THAWED
     .get_or_init(|| thaw(EMBEDDED_SNAPSHOT, &expected()).map(Vec::into_boxed_slice))
     .as_deref()
     .map_err(Clone::clone)
-}
-
-/// [`thaw`] for `'static` containers other than the embedded one, once per
-/// process per (container, expected manifest); the bytes live for the process.
-pub fn thaw_cached(
-  container: &'static [u8],
-  expected: &Manifest,
-) -> Result<&'static [u8], ContainerError> {
-  type Cache = std::sync::Mutex<std::collections::HashMap<(usize, [u8; 32]), &'static [u8]>>;
-  static CACHE: OnceLock<Cache> = OnceLock::new();
-  let key = (container.as_ptr() as usize, expected.fingerprint());
-  let cache = CACHE.get_or_init(Default::default);
-  if let Some(raw) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-    return Ok(raw);
-  }
-  let raw: &'static [u8] = Box::leak(thaw(container, expected)?.into_boxed_slice());
-  cache
-    .lock()
-    .unwrap_or_else(|p| p.into_inner())
-    .insert(key, raw);
-  Ok(raw)
 }

@@ -1,8 +1,9 @@
-//! The snapshot pipeline: container format, transpiler, bake (build side) and
-//! load (run side).
+//! The snapshot pipeline (re-exported from `kiln-pipeline`) and, in
+//! [`load`], the snapshot this crate's `build.rs` baked.
 
-pub mod bake;
-pub mod container;
-pub mod info;
+pub use kiln_pipeline::bake;
+pub use kiln_pipeline::container;
+pub use kiln_pipeline::info;
+pub use kiln_pipeline::transpile;
+
 pub mod load;
-pub mod transpile;

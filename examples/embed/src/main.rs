@@ -1,7 +1,7 @@
 //! An embedder's program: a kiln runtime thawed from its own snapshot, with
 //! its own extension baked next to kiln's.
 
-mod ext;
+use kiln_embed_ext as ext;
 
 mod baked {
   include!(concat!(env!("OUT_DIR"), "/kiln_residual.rs"));

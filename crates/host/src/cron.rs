@@ -12,12 +12,12 @@ use std::sync::atomic::Ordering;
 use tokio::sync::Notify;
 
 use super::metrics::Metrics;
-use crate::extensions::cron::CronError;
-use crate::extensions::cron::CronHandle;
-use crate::extensions::cron::CronHandler;
-use crate::extensions::cron::CronSpec;
-use crate::extensions::cron::LocalCronHandler;
-use crate::extensions::cron::local::LocalCronHandle;
+use kiln_extensions::cron::CronError;
+use kiln_extensions::cron::CronHandle;
+use kiln_extensions::cron::CronHandler;
+use kiln_extensions::cron::CronSpec;
+use kiln_extensions::cron::LocalCronHandler;
+use kiln_extensions::cron::local::LocalCronHandle;
 
 /// The cron backend of one instance.
 pub(crate) struct HostCronHandler {

@@ -1,9 +1,7 @@
 //! The snapshot container: a fixed header that identifies what a snapshot was
 //! baked for, followed by one zstd frame holding deno_core's snapshot bytes.
 //!
-//! Shared by the bake (build side, compiled into `build.rs`) and the thaw (run
-//! side). It must never reach into the rest of the crate: `build.rs` compiles
-//! it on its own through `#[path]`.
+//! Shared by the bake (build side) and the thaw (run side).
 //!
 //! Layout (all integers little-endian):
 //!
@@ -498,7 +496,8 @@ mod tests {
 
   #[test]
   fn pinned_deno_core_version_matches_cargo_toml() {
-    let toml = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    // The workspace manifest holds the one pinned version.
+    let toml = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"));
     let pin = format!("deno_core = \"={DENO_CORE_VERSION}\"");
     assert!(toml.contains(&pin), "Cargo.toml must pin {pin}");
   }

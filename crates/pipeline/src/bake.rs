@@ -1,11 +1,10 @@
 //! The bake: extensions in, a verified-on-load snapshot container out.
 //!
-//! Runs at build time (compiled into `build.rs` through `#[path]`) and is also
-//! part of the library so embedders and tests can bake. It transpiles the
-//! TypeScript glue, runs every extension's JS into a V8 heap, snapshots it,
-//! wraps it in a [`SnapshotContainer`], and collects what the runtime still
-//! needs from the bake: lazily loaded sources that no baked code consumed.
-//! It must not reach into the rest of the crate.
+//! Runs at build time (kiln's `build.rs` and any embedder's) and in tests.
+//! It transpiles the TypeScript glue, runs every extension's JS into a V8
+//! heap, snapshots it, wraps it in a [`SnapshotContainer`], and collects what
+//! the runtime still needs from the bake: lazily loaded sources that no baked
+//! code consumed.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -20,9 +19,9 @@ use deno_core::SourceMapData;
 use deno_core::snapshot::CreateSnapshotOptions;
 use deno_error::JsErrorBox;
 
-use super::container::Manifest;
-use super::container::SnapshotContainer;
-use super::transpile;
+use crate::container::Manifest;
+use crate::container::SnapshotContainer;
+use crate::transpile;
 
 /// The zstd level kiln bakes with (see benches/RESULTS.md for the choice).
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 19;
@@ -134,10 +133,12 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), BakeError> {
 /// next to kiln's.
 ///
 /// ```no_run
-/// # fn demo() -> Result<(), kiln::snapshot::bake::BakeError> {
+/// # fn kiln_extensions() -> Vec<deno_core::Extension> { Vec::new() }
+/// # fn demo() -> Result<(), kiln_pipeline::bake::BakeError> {
 /// let out_dir = std::env::var("OUT_DIR").unwrap();
-/// let baked = kiln::snapshot::bake::Baker::new(out_dir)
-///   .extensions(kiln::extensions::all(Default::default()))
+/// let baked = kiln_pipeline::bake::Baker::new(out_dir)
+///   // kiln's list first: kiln_extensions::all(Default::default())
+///   .extensions(kiln_extensions())
 ///   // .extension(my_ext::init(..))
 ///   .bake()?;
 /// baked.emit_rerun_if_changed();

@@ -5,7 +5,7 @@
 //! `op_serve_next`, builds a WHATWG `Request` (its body streamed in with
 //! `op_serve_read`), calls the module's `fetch` handler and streams the
 //! `Response` back (`op_serve_respond`, `op_serve_write`). Everything here is
-//! plain channels: the host side (`src/serve/`) never touches V8.
+//! plain channels: the host side (`kiln-host`) never touches V8.
 //!
 //! Without an inbox (`kiln run`, embedders) `op_serve_next` returns `null` at
 //! once, so the extension costs nothing there.
@@ -176,7 +176,7 @@ deno_core::extension!(
     op_serve_unhandled,
   ],
   esm_entry_point = "ext:kiln_serve/serve.ts",
-  esm = [dir "ext_js", "serve.ts"],
+  esm = [dir "../../ext_js", "serve.ts"],
 );
 
 /// One request inside the isolate.

@@ -49,7 +49,7 @@ deno_core::extension!(
     op_kiln_versions,
   ],
   esm_entry_point = "ext:kiln_runtime/runtime.ts",
-  esm = [dir "ext_js", "runtime.ts"],
+  esm = [dir "../../ext_js", "runtime.ts"],
   options = { config: RuntimeConfig },
   state = |state, options| {
     state.put(options.config);

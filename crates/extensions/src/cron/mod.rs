@@ -37,7 +37,7 @@ deno_core::extension!(
   parameters = [C: CronHandler],
   ops = [op_cron_create<C>, op_cron_next<C>],
   esm_entry_point = "ext:kiln_cron/cron.ts",
-  esm = [dir "ext_js", "cron.ts"],
+  esm = [dir "../../ext_js", "cron.ts"],
   options = { handler: C },
   state = |state, options| {
     state.put(Rc::new(options.handler));

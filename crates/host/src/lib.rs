@@ -47,12 +47,12 @@ pub use instance::StartError;
 pub use metrics::Metrics;
 pub use server::serve;
 
-use crate::extensions::serve::HOPS_HEADER;
-use crate::extensions::serve::HandlerError;
-use crate::extensions::serve::ServeRequest;
-use crate::extensions::serve::ServeResponse;
-use crate::runtime::ModuleAccess;
 use instance::InstanceSpec;
+use kiln::runtime::ModuleAccess;
+use kiln_extensions::serve::HOPS_HEADER;
+use kiln_extensions::serve::HandlerError;
+use kiln_extensions::serve::ServeRequest;
+use kiln_extensions::serve::ServeResponse;
 use metrics::TerminationCause;
 use pool::FunctionPool;
 use pool::Lease;
@@ -107,7 +107,7 @@ impl HostOptions {
       max_heap_bytes: 128 << 20,
       timeout: Duration::from_secs(30),
       max_body_bytes: 10 << 20,
-      max_module_bytes: crate::runtime::DEFAULT_MAX_MODULE_BYTES,
+      max_module_bytes: kiln::runtime::DEFAULT_MAX_MODULE_BYTES,
       grace_period: Duration::from_secs(10),
       header_timeout: Duration::from_secs(10),
       keep_alive_timeout: Duration::from_secs(60),
@@ -115,28 +115,6 @@ impl HostOptions {
       expose_errors: false,
       preload: true,
     }
-  }
-}
-
-/// Parses a duration flag: `250ms`, `30s`, `5m`, `1h`, or a bare number of
-/// seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-  let text = text.trim();
-  let split = text
-    .find(|c: char| !c.is_ascii_digit())
-    .unwrap_or(text.len());
-  let (number, unit) = text.split_at(split);
-  let n: u64 = number
-    .parse()
-    .map_err(|_| format!("invalid duration '{text}': expected e.g. 500ms, 30s, 5m, 1h"))?;
-  match unit {
-    "ms" => Ok(Duration::from_millis(n)),
-    "" | "s" => Ok(Duration::from_secs(n)),
-    "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-    "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-    _ => Err(format!(
-      "invalid duration unit in '{text}': use ms, s, m or h"
-    )),
   }
 }
 
@@ -171,7 +149,7 @@ pub enum HostError {
     source: std::io::Error,
   },
   #[error(transparent)]
-  Snapshot(#[from] crate::snapshot::container::ContainerError),
+  Snapshot(#[from] kiln::snapshot::container::ContainerError),
 }
 
 /// A request the host answers itself, with why. Each has one status; only
@@ -247,7 +225,7 @@ impl Host {
     if options.max_heap_bytes < MIN_HEAP_BYTES {
       return Err(HostError::HeapTooSmall);
     }
-    crate::runtime::prefetch_snapshot();
+    kiln::runtime::prefetch_snapshot();
     let read_dir = |source| HostError::ReadDir {
       dir: options.dir.clone(),
       source,
@@ -262,7 +240,7 @@ impl Host {
       return Err(HostError::NoFunctions(options.dir.clone()));
     }
     // A broken snapshot is a start-up error, not a 500 on every request.
-    crate::snapshot::load::embedded(crate::runtime::expected_manifest)?;
+    kiln::runtime::check_embedded_snapshot()?;
     let metrics = Arc::new(Metrics::default());
     let modules = ModuleAccess {
       root: Some(root),
@@ -739,20 +717,4 @@ fn json_error(status: StatusCode, message: &str, id: &str) -> Response<HostBody>
     HeaderValue::from_static("application/json"),
   );
   response
-}
-
-#[cfg(test)]
-mod tests {
-  use super::*;
-
-  #[test]
-  fn durations() {
-    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-    assert!(parse_duration("5 days").is_err());
-    assert!(parse_duration("ms").is_err());
-  }
 }

@@ -15,9 +15,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-use crate::extensions::serve::BodyError;
-use crate::extensions::serve::RequestBody;
-use crate::extensions::serve::ResponseBody;
+use kiln_extensions::serve::BodyError;
+use kiln_extensions::serve::RequestBody;
+use kiln_extensions::serve::ResponseBody;
 
 /// Streams `incoming` into a channel for the isolate. Past `limit` bytes the
 /// stream ends with an error and the returned flag is set (the host then

@@ -1,9 +1,9 @@
-//! `kiln snapshot info`: what the embedded snapshot was baked for.
+//! What a snapshot container was baked for, as the `kiln snapshot info`
+//! report.
 
-use super::container::ContainerError;
-use super::container::SnapshotContainer;
-use super::container::hex;
-use super::load;
+use crate::container::ContainerError;
+use crate::container::SnapshotContainer;
+use crate::container::hex;
 
 /// Renders the header of a container as the `snapshot info` report.
 pub fn describe(bytes: &[u8]) -> Result<String, ContainerError> {
@@ -32,10 +32,4 @@ pub fn describe(bytes: &[u8]) -> Result<String, ContainerError> {
     out.push_str(&format!("  {name:<20} {:>4} ops\n", ops.len()));
   }
   Ok(out)
-}
-
-/// Prints the report for the snapshot embedded in this binary.
-pub fn print_embedded() -> Result<(), crate::Error> {
-  print!("{}", describe(load::EMBEDDED_SNAPSHOT)?);
-  Ok(())
 }

@@ -1,6 +1,7 @@
 //! `embed_ext`: the example's own extension — a sync op, an async op and a
-//! resource with `close()`. Compiled into both `build.rs` (to bake it) and
-//! the binary (to run it), like kiln's own extensions.
+//! resource with `close()`. A crate of its own, so that both the example's
+//! `build.rs` (to bake it) and its program (to run it) depend on it, the way
+//! kiln's own extensions are a crate.
 
 use std::borrow::Cow;
 use std::cell::Cell;

@@ -21,7 +21,7 @@ pub use permissions::KilnPermissionDescriptorParser;
 deno_core::extension!(
   kiln_fetch,
   deps = [deno_webidl, deno_web, deno_fetch],
-  lazy_loaded_js = [dir "ext_js", "ext:deno_net/02_tls.js" = "tls.js"],
+  lazy_loaded_js = [dir "../../ext_js", "ext:deno_net/02_tls.js" = "tls.js"],
   state = |state| {
     state.put(PermissionsContainer::allow_all(Arc::new(
       KilnPermissionDescriptorParser,

@@ -1,8 +1,7 @@
 //! TypeScript → JavaScript through deno_ast, with a source map.
 //!
 //! Used at bake time for the extension glue in `ext_js/` and at run time for
-//! user modules. Type-strips only: no type checking, no bundling. Compiled into
-//! `build.rs` through `#[path]`, so it must not reach into the rest of the crate.
+//! user modules. Type-strips only: no type checking, no bundling.
 
 use deno_ast::MediaType;
 use deno_ast::ModuleSpecifier;
@@ -26,11 +25,14 @@ pub struct Transpiled {
   pub source_map: Option<Vec<u8>>,
 }
 
+/// File extensions of TypeScript modules: the ones transpiled.
+pub const TYPESCRIPT_EXTENSIONS: &[&str] = &["ts", "mts", "cts", "tsx"];
+
 /// Whether a module with this specifier or path needs transpiling.
 pub fn is_typescript(specifier: &str) -> bool {
-  [".ts", ".mts", ".cts", ".tsx"]
-    .iter()
-    .any(|ext| specifier.ends_with(ext))
+  specifier
+    .rsplit_once('.')
+    .is_some_and(|(_, ext)| TYPESCRIPT_EXTENSIONS.contains(&ext))
 }
 
 /// Type-strips `source`, a TypeScript module named `specifier`.

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use clap::Subcommand;
 
+mod duration;
+
 /// kiln — a JavaScript/TypeScript runtime that starts from a baked V8 snapshot.
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
@@ -55,7 +57,7 @@ struct ServeArgs {
   #[arg(long)]
   max_instances: Option<usize>,
   /// Stop an instance after it has been idle this long (e.g. 90s, 5m).
-  #[arg(long, default_value = "5m", value_parser = kiln::host::parse_duration)]
+  #[arg(long, default_value = "5m", value_parser = duration::parse_duration)]
   idle_timeout: Duration,
   /// V8 heap limit per instance, in MiB (at least 16); an instance that
   /// reaches it is discarded and its request gets 500. ArrayBuffer contents
@@ -73,14 +75,14 @@ struct ServeArgs {
   #[arg(long, default_value_t = kiln::runtime::DEFAULT_MAX_MODULE_BYTES)]
   max_module_bytes: u64,
   /// How long shutdown waits for in-flight requests.
-  #[arg(long, default_value = "10s", value_parser = kiln::host::parse_duration)]
+  #[arg(long, default_value = "10s", value_parser = duration::parse_duration)]
   grace_period: Duration,
   /// A connection that has not sent a complete request head this long
   /// after connecting (or after its previous response) is closed.
-  #[arg(long, default_value = "10s", value_parser = kiln::host::parse_duration)]
+  #[arg(long, default_value = "10s", value_parser = duration::parse_duration)]
   header_timeout: Duration,
   /// A connection with no request in progress for this long is closed.
-  #[arg(long, default_value = "60s", value_parser = kiln::host::parse_duration)]
+  #[arg(long, default_value = "60s", value_parser = duration::parse_duration)]
   keep_alive_timeout: Duration,
   /// Most open client connections; more wait in the listen backlog.
   /// [default: the file-descriptor limit less 256, at least half of it]
@@ -114,8 +116,11 @@ fn main() -> ExitCode {
     Command::Serve(args) => serve(args),
     Command::Snapshot {
       command: SnapshotCommand::Info,
-    } => kiln::snapshot::info::print_embedded()
-      .map(|()| 0)
+    } => kiln_pipeline::info::describe(kiln::snapshot::load::EMBEDDED_SNAPSHOT)
+      .map(|report| {
+        print!("{report}");
+        0
+      })
       .map_err(Into::into),
   };
   match result {
@@ -177,7 +182,7 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     .with_ansi(color_stderr())
     .with_target(false)
     .init();
-  let mut options = kiln::host::HostOptions::new(&args.dir);
+  let mut options = kiln_host::HostOptions::new(&args.dir);
   if let Some(n) = args.max_instances {
     if n == 0 {
       return Err("--max-instances must be at least 1".into());
@@ -202,17 +207,17 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     .build()
     .map_err(|e| format!("cannot start tokio: {e}"))?;
   tokio.block_on(async move {
-    let host = kiln::host::Host::new(options).map_err(|e| match e {
-      kiln::host::HostError::HeapTooSmall => format!(
+    let host = kiln_host::Host::new(options).map_err(|e| match e {
+      kiln_host::HostError::HeapTooSmall => format!(
         "--max-heap-mb must be at least {}",
-        kiln::host::MIN_HEAP_BYTES >> 20
+        kiln_host::MIN_HEAP_BYTES >> 20
       )
       .into(),
       e => Box::<dyn std::error::Error>::from(e),
     })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
       .await
-      .map_err(|source| kiln::host::HostError::Bind {
+      .map_err(|source| kiln_host::HostError::Bind {
         addr: args.listen,
         source,
       })?;
@@ -225,7 +230,7 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     println!("kiln serve: listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    kiln::host::serve(host, listener, shutdown_signal()).await;
+    kiln_host::serve(host, listener, shutdown_signal()).await;
     Ok::<_, Box<dyn std::error::Error>>(0)
   })
 }

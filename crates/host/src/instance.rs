@@ -22,12 +22,12 @@ use tokio::sync::oneshot;
 use super::cron::HostCronHandler;
 use super::metrics::Metrics;
 use super::metrics::TerminationCause;
-use crate::extensions::runtime::ExitHook;
-use crate::extensions::serve::ServeInbox;
-use crate::extensions::serve::ServeObserver;
-use crate::extensions::serve::ServeRequest;
-use crate::runtime::ModuleAccess;
-use crate::runtime::Runtime;
+use kiln::runtime::ModuleAccess;
+use kiln::runtime::Runtime;
+use kiln_extensions::runtime::ExitHook;
+use kiln_extensions::serve::ServeInbox;
+use kiln_extensions::serve::ServeObserver;
+use kiln_extensions::serve::ServeRequest;
 
 /// What an instance is started with.
 #[derive(Clone)]

@@ -3,8 +3,12 @@
 //! `all()` is the only place that names kiln's extensions and their order.
 //! `build.rs` bakes exactly this list and the runtime thaws with exactly this
 //! list; the snapshot fingerprint covers it, so a change here re-bakes and a
-//! stale snapshot is refused instead of crashing V8. Compiled into `build.rs`
-//! through `#[path]`: must not reach into the rest of the crate.
+//! stale snapshot is refused instead of crashing V8.
+//!
+//! Each extension is a folder here with its glue in the repository's
+//! `ext_js/` (referenced as `../../ext_js` by the `extension!` macros; it is
+//! read at bake time only). This crate knows nothing of the runtime or the
+//! host: both depend on it.
 
 pub mod cron;
 pub mod fetch;
