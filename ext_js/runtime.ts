@@ -13,6 +13,7 @@ import {
 } from "ext:core/ops";
 
 const {
+  ArrayPrototypePush,
   ObjectAssign,
   ObjectDefineProperties,
   ObjectDefineProperty,
@@ -26,28 +27,6 @@ type Exports = Record<string, unknown>;
 function load(specifier: string): Exports {
   return core.loadExtScript(specifier) as Exports;
 }
-
-// Every deno_web script is lazily loaded; loading them here evaluates them
-// into the snapshot so nothing is read at run time.
-const webidl = load("ext:deno_webidl/00_webidl.js");
-const url = load("ext:deno_web/00_url.js");
-const urlPattern = load("ext:deno_web/01_urlpattern.js");
-const consoleMod = load("ext:deno_web/01_console.js");
-const domException = load("ext:deno_web/01_dom_exception.js");
-const event = load("ext:deno_web/02_event.js");
-const structuredCloneMod = load("ext:deno_web/02_structured_clone.js");
-const timers = load("ext:deno_web/02_timers.js");
-const abortSignal = load("ext:deno_web/03_abort_signal.js");
-const base64 = load("ext:deno_web/05_base64.js");
-const streams = load("ext:deno_web/06_streams.js");
-const encoding = load("ext:deno_web/08_text_encoding.js");
-const file = load("ext:deno_web/09_file.js");
-const fileReader = load("ext:deno_web/10_filereader.js");
-const messagePort = load("ext:deno_web/13_message_port.js");
-const compression = load("ext:deno_web/14_compression.js");
-const performance = load("ext:deno_web/15_performance.js");
-const mimesniff = load("ext:deno_web/01_mimesniff.js");
-const infra = load("ext:deno_web/00_infra.js");
 
 // deno_fetch loads deno_telemetry on first use unless these slots are set.
 // kiln has no OpenTelemetry: tracing is off, so fetch never starts a span and
@@ -76,24 +55,76 @@ ObjectAssign(coreInternals, {
   }),
 });
 
-const headers = load("ext:deno_fetch/20_headers.js");
-const formData = load("ext:deno_fetch/21_formdata.js");
-const body = load("ext:deno_fetch/22_body.js");
-const httpClient = load("ext:deno_fetch/22_http_client.js");
-const request = load("ext:deno_fetch/23_request.js");
-const response = load("ext:deno_fetch/23_response.js");
-const fetchMod = load("ext:deno_fetch/26_fetch.js");
-const eventSource = load("ext:deno_fetch/27_eventsource.js");
+// Every deno_web and deno_fetch script is lazily loaded; loading them here
+// evaluates them into the snapshot so nothing is read at run time. This table
+// is the one list: the load order, and the order in which `loadedScripts`
+// keeps every script's exports reachable from this module, so the snapshot
+// serialises them in this fixed order rather than in the order of
+// deno_core's script-result cache (a HashMap whose order differs per
+// process). deno_fetch's scripts come after the telemetry slots above.
+const SCRIPTS: [string, string][] = [
+  ["webidl", "ext:deno_webidl/00_webidl.js"],
+  ["url", "ext:deno_web/00_url.js"],
+  ["urlPattern", "ext:deno_web/01_urlpattern.js"],
+  ["consoleMod", "ext:deno_web/01_console.js"],
+  ["domException", "ext:deno_web/01_dom_exception.js"],
+  ["event", "ext:deno_web/02_event.js"],
+  ["structuredCloneMod", "ext:deno_web/02_structured_clone.js"],
+  ["timers", "ext:deno_web/02_timers.js"],
+  ["abortSignal", "ext:deno_web/03_abort_signal.js"],
+  ["base64", "ext:deno_web/05_base64.js"],
+  ["streams", "ext:deno_web/06_streams.js"],
+  ["encoding", "ext:deno_web/08_text_encoding.js"],
+  ["file", "ext:deno_web/09_file.js"],
+  ["fileReader", "ext:deno_web/10_filereader.js"],
+  ["messagePort", "ext:deno_web/13_message_port.js"],
+  ["compression", "ext:deno_web/14_compression.js"],
+  ["performance", "ext:deno_web/15_performance.js"],
+  ["mimesniff", "ext:deno_web/01_mimesniff.js"],
+  ["infra", "ext:deno_web/00_infra.js"],
+  ["headers", "ext:deno_fetch/20_headers.js"],
+  ["formData", "ext:deno_fetch/21_formdata.js"],
+  ["body", "ext:deno_fetch/22_body.js"],
+  ["httpClient", "ext:deno_fetch/22_http_client.js"],
+  ["request", "ext:deno_fetch/23_request.js"],
+  ["response", "ext:deno_fetch/23_response.js"],
+  ["fetchMod", "ext:deno_fetch/26_fetch.js"],
+  ["eventSource", "ext:deno_fetch/27_eventsource.js"],
+];
 
-// Every loaded script's exports stay reachable from this module, so the
-// snapshot serialises them in this (fixed) order rather than in the order of
-// deno_core's script-result cache, a HashMap whose order differs per process.
-export const loadedScripts = ObjectFreeze([
-  webidl, infra, url, urlPattern, consoleMod, domException, mimesniff, event,
-  structuredCloneMod, timers, abortSignal, base64, streams, encoding, file,
-  fileReader, messagePort, compression, performance, headers, formData, body,
-  httpClient, request, response, fetchMod, eventSource,
-]);
+const scripts: Record<string, Exports> = {};
+const loaded: Exports[] = [];
+for (let i = 0; i < SCRIPTS.length; i++) {
+  const [name, specifier] = SCRIPTS[i];
+  scripts[name] = load(specifier);
+  ArrayPrototypePush(loaded, scripts[name]);
+}
+export const loadedScripts = ObjectFreeze(loaded);
+
+const {
+  url,
+  urlPattern,
+  consoleMod,
+  domException,
+  event,
+  structuredCloneMod,
+  timers,
+  abortSignal,
+  base64,
+  streams,
+  encoding,
+  file,
+  fileReader,
+  messagePort,
+  compression,
+  performance,
+  headers,
+  formData,
+  request,
+  response,
+  fetchMod,
+  eventSource,
+} = scripts;
 
 /** Script exports that other kiln extensions build on. */
 export const webScripts = ObjectFreeze({

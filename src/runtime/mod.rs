@@ -23,6 +23,7 @@ use deno_core::v8;
 
 pub use loader::DEFAULT_MAX_MODULE_BYTES;
 pub use loader::FsModuleLoader;
+pub use loader::JAVASCRIPT_EXTENSIONS;
 pub use loader::ModuleAccess;
 
 use crate::extensions;

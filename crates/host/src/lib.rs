@@ -490,39 +490,12 @@ impl Host {
       .await
       .map_err(Failure::Unavailable)?;
 
-    let headers = parts
-      .headers
-      .iter()
-      .map(|(k, v)| (k.as_str().as_bytes().into(), v.as_bytes().into()))
-      .collect();
-    let carries_body = !matches!(parts.method, Method::GET | Method::HEAD)
-      && !hyper::body::Body::is_end_stream(&incoming);
-    let (body, too_big) = if carries_body {
-      let (rx, flag) = body::pump_request_body(incoming, limit);
-      (Some(rx), Some(flag))
-    } else {
-      (None, None)
-    };
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel();
-    let serve_request = ServeRequest {
-      id: call.id,
-      hops: call.hops,
-      method: parts.method.to_string(),
-      url,
-      headers,
-      body,
-      reply: reply_tx,
-      done: done_tx,
-      client_gone: call.gone,
-    };
+    let (serve_request, pending) = outgoing(parts, incoming, url, call, limit);
     if !lease.instance.send(serve_request) {
-      let message = death_message(pool.name(), &lease, self.options.max_heap_bytes);
-      pool.discard(lease);
-      return Err(Failure::Internal(message));
+      return Err(self.instance_died(pool, lease));
     }
     let deadline = tokio::time::Instant::now() + self.options.timeout;
-    let outcome = match tokio::time::timeout_at(deadline, reply_rx).await {
+    let outcome = match tokio::time::timeout_at(deadline, pending.reply).await {
       Err(_) => {
         lease.instance.terminate(TerminationCause::Timeout);
         pool.discard(lease);
@@ -531,15 +504,11 @@ impl Host {
           ms: self.options.timeout.as_millis(),
         });
       }
-      Ok(Err(_)) => {
-        let message = death_message(pool.name(), &lease, self.options.max_heap_bytes);
-        pool.discard(lease);
-        return Err(Failure::Internal(message));
-      }
+      Ok(Err(_)) => return Err(self.instance_died(pool, lease)),
       Ok(Ok(outcome)) => outcome,
     };
-    finish_in_background(pool.clone(), lease, done_rx, deadline, in_flight);
-    if too_big.is_some_and(|f| f.load(Ordering::Acquire)) {
+    finish_in_background(pool.clone(), lease, pending.done, deadline, in_flight);
+    if pending.too_big.is_some_and(|f| f.load(Ordering::Acquire)) {
       return Err(Failure::TooLarge(limit));
     }
     match outcome {
@@ -547,6 +516,64 @@ impl Host {
       Ok(response) => into_http_response(response, pool.name()),
     }
   }
+
+  /// The instance went away with the request: discard it, say why.
+  fn instance_died(&self, pool: &Arc<FunctionPool>, lease: Lease) -> Failure {
+    let message = death_message(pool.name(), &lease, self.options.max_heap_bytes);
+    pool.discard(lease);
+    Failure::Internal(message)
+  }
+}
+
+/// The host's ends of a request handed to an isolate.
+struct Pending {
+  reply: oneshot::Receiver<Result<ServeResponse, HandlerError>>,
+  done: oneshot::Receiver<()>,
+  /// Set when the streamed request body passed the limit.
+  too_big: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// The request as an isolate receives it (its body streamed in under
+/// `limit`), and the channels the host waits on.
+fn outgoing(
+  parts: http::request::Parts,
+  incoming: Incoming,
+  url: String,
+  call: Call,
+  limit: u64,
+) -> (ServeRequest, Pending) {
+  let headers = parts
+    .headers
+    .iter()
+    .map(|(k, v)| (k.as_str().as_bytes().into(), v.as_bytes().into()))
+    .collect();
+  let carries_body = !matches!(parts.method, Method::GET | Method::HEAD)
+    && !hyper::body::Body::is_end_stream(&incoming);
+  let (body, too_big) = if carries_body {
+    let (rx, flag) = body::pump_request_body(incoming, limit);
+    (Some(rx), Some(flag))
+  } else {
+    (None, None)
+  };
+  let (reply_tx, reply) = oneshot::channel();
+  let (done_tx, done) = oneshot::channel();
+  let request = ServeRequest {
+    id: call.id,
+    hops: call.hops,
+    method: parts.method.to_string(),
+    url,
+    headers,
+    body,
+    reply: reply_tx,
+    done: done_tx,
+    client_gone: call.gone,
+  };
+  let pending = Pending {
+    reply,
+    done,
+    too_big,
+  };
+  (request, pending)
 }
 
 /// What `dispatch` needs of a routed request besides the request itself.

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 /// The prefix of the host's own endpoints.
 pub const HOST_PREFIX: &str = "_kiln";
 
-/// Extensions of function modules, in order of preference when one name
-/// has several.
+/// Extensions of function entry modules, in order of preference when one
+/// name has several: the common subset of what the module loader loads
+/// (a test keeps them within its lists).
 const EXTENSIONS: [&str; 4] = ["ts", "mts", "js", "mjs"];
 
 /// A function file that is not served, and why (logged at start-up).
@@ -151,6 +152,18 @@ mod tests {
     assert_eq!(function_of("/hello/"), Some("hello"));
     assert_eq!(function_of("/"), None);
     assert_eq!(function_of(""), None);
+  }
+
+  #[test]
+  fn function_extensions_are_module_extensions() {
+    use kiln::runtime::JAVASCRIPT_EXTENSIONS;
+    use kiln::snapshot::transpile::TYPESCRIPT_EXTENSIONS;
+    for ext in EXTENSIONS {
+      assert!(
+        TYPESCRIPT_EXTENSIONS.contains(&ext) || JAVASCRIPT_EXTENSIONS.contains(&ext),
+        "{ext}"
+      );
+    }
   }
 
   #[test]
