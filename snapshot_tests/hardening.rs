@@ -266,11 +266,7 @@ async fn a_disconnecting_client_aborts_the_request_signal_and_is_logged_as_499()
     1.0,
     "{metrics}"
   );
-  let deadline = Instant::now() + Duration::from_secs(5);
-  while metric(&server.metrics().await, "kiln_requests_in_flight") != 0.0 {
-    assert!(Instant::now() < deadline, "requests stay in flight");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-  }
+  server.wait_until_nothing_in_flight().await;
   let log = server.stderr();
   assert!(log.contains("GET /waiter 499 waiter"), "{log}");
 }

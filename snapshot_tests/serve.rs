@@ -128,6 +128,17 @@ impl Server {
   pub(crate) async fn metrics(&self) -> String {
     self.get("/_kiln/metrics").await.1
   }
+
+  /// Waits (up to 5 s) for `kiln_requests_in_flight` to drop to 0: it drops
+  /// when the isolate is done with a request, a moment after the client has
+  /// the whole response.
+  pub(crate) async fn wait_until_nothing_in_flight(&self) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&self.metrics().await, "kiln_requests_in_flight") != 0.0 {
+      assert!(Instant::now() < deadline, "requests stay in flight");
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  }
 }
 
 impl Drop for Server {
@@ -831,13 +842,7 @@ async fn a_client_that_disconnects_mid_request_does_not_cost_the_instance() {
     "{metrics}"
   );
   assert_eq!(metric(&metrics, r#"kiln_instances{function="slow"}"#), 1.0);
-  // The gauge drops when the isolate is done with the request, a moment
-  // after the client has the whole response.
-  let deadline = Instant::now() + Duration::from_secs(5);
-  while metric(&server.metrics().await, "kiln_requests_in_flight") != 0.0 {
-    assert!(Instant::now() < deadline, "requests stay in flight");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-  }
+  server.wait_until_nothing_in_flight().await;
 }
 
 #[tokio::test]
