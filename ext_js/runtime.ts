@@ -6,7 +6,12 @@
 import { core, internals as coreInternals, primordials } from "ext:core/mod.js";
 import {
   op_kiln_args,
+  op_kiln_env_delete,
+  op_kiln_env_get,
+  op_kiln_env_set,
+  op_kiln_env_to_object,
   op_kiln_exit,
+  op_kiln_navigator,
   op_kiln_no_color,
   op_kiln_print,
   op_kiln_versions,
@@ -14,6 +19,7 @@ import {
 
 const {
   ArrayPrototypePush,
+  String,
   ObjectAssign,
   ObjectDefineProperties,
   ObjectDefineProperty,
@@ -265,6 +271,54 @@ ObjectDefineProperties(denoNs, {
     // The op terminates execution; this only runs if termination is caught.
     throw new Error("Deno.exit: execution terminated");
   }),
+  // Reads through ops every time: what it holds is run-time configuration
+  // (empty while baking; the process environment for `kiln run`; a
+  // function's own variables, read-only, under `kiln serve`).
+  env: readOnly(ObjectFreeze({
+    get(key: string): string | undefined {
+      return (op_kiln_env_get(String(key)) as string | null) ?? undefined;
+    },
+    has(key: string): boolean {
+      return op_kiln_env_get(String(key)) !== null;
+    },
+    toObject(): Record<string, string> {
+      return op_kiln_env_to_object() as Record<string, string>;
+    },
+    set(key: string, value: string): void {
+      op_kiln_env_set(String(key), String(value));
+    },
+    delete(key: string): void {
+      op_kiln_env_delete(String(key));
+    },
+  })),
+});
+
+/** `navigator`: what libraries sniff. The version is fixed by the build. */
+class Navigator {
+  get userAgent(): string {
+    return `kiln/${kilnVersion}`;
+  }
+  get hardwareConcurrency(): number {
+    return (op_kiln_navigator() as [number, string])[0];
+  }
+  get language(): string {
+    return (op_kiln_navigator() as [number, string])[1];
+  }
+  get languages(): string[] {
+    return [this.language];
+  }
+}
+
+ObjectDefineProperties(globalThis, {
+  self: {
+    get(): typeof globalThis {
+      return globalThis;
+    },
+    enumerable: true,
+    configurable: true,
+  },
+  navigator: readOnly(new Navigator()),
+  Navigator: writable(Navigator),
 });
 
 /**

@@ -4,7 +4,9 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import {
+  op_kiln_env_to_object,
   op_serve_client_gone,
+  op_serve_close,
   op_serve_error,
   op_serve_finish,
   op_serve_next,
@@ -18,6 +20,9 @@ import { hostHooks, webScripts } from "ext:kiln_runtime/runtime.ts";
 const {
   ArrayPrototypeFilter,
   ArrayPrototypeJoin,
+  ArrayPrototypePush,
+  ObjectFreeze,
+  PromiseResolve,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
   String,
@@ -30,8 +35,18 @@ const {
 type Header = [string, string];
 type NextRequest = [number, string, string, Header[], boolean];
 
+/** The third argument of `fetch`, as on Workers. */
+interface Context {
+  waitUntil(promise: unknown): void;
+  passThroughOnException(): void;
+}
+
 interface FetchHandler {
-  fetch(request: Request): Response | Promise<Response>;
+  fetch(
+    request: Request,
+    env: Readonly<Record<string, string>>,
+    ctx: Context,
+  ): Response | Promise<Response>;
 }
 
 const { Request } = webScripts.request as {
@@ -102,9 +117,25 @@ async function writeBody(
 
 async function handle(
   handler: FetchHandler,
+  env: Readonly<Record<string, string>>,
   [rid, method, url, headers, hasBody]: NextRequest,
 ): Promise<void> {
   let ok = false;
+  // `ctx.waitUntil` work runs after the response went out and keeps the
+  // instance busy until it settles (the host bounds it by its timeout).
+  const pending: Promise<unknown>[] = [];
+  const ctx: Context = ObjectFreeze({
+    waitUntil(promise: unknown): void {
+      // Handled at once, so a rejection is reported here and only here.
+      ArrayPrototypePush(
+        pending,
+        PromisePrototypeThen(PromiseResolve(promise), undefined, (error) => {
+          op_serve_unhandled(errorText(error));
+        }),
+      );
+    },
+    passThroughOnException(): void {},
+  });
   // Aborted when the client disconnects, as in Deno.serve.
   const abort = new AbortController();
   PromisePrototypeThen(
@@ -123,7 +154,7 @@ async function handle(
       // @ts-ignore: streamed request bodies need duplex "half"
       duplex: "half",
     });
-    const response = await handler.fetch(request);
+    const response = await handler.fetch(request, env, ctx);
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
       throw new TypeError(
         "The default export's fetch() must return a Response (or a promise of one)",
@@ -138,16 +169,25 @@ async function handle(
   } finally {
     op_serve_finish(rid, ok);
   }
+  // Work added while earlier work settles counts too.
+  for (let i = 0; i < pending.length; i++) {
+    await pending[i];
+  }
+  op_serve_close(rid);
 }
 
 async function serveLoop(handler: FetchHandler): Promise<void> {
+  // The function's variables, read once: they cannot change.
+  const env = ObjectFreeze(
+    op_kiln_env_to_object() as Record<string, string>,
+  );
   while (true) {
     const next = (await op_serve_next()) as NextRequest | null;
     if (next === null) {
       return;
     }
     // Not awaited: the host decides how many requests an isolate has.
-    PromisePrototypeThen(handle(handler, next), undefined, () => {});
+    PromisePrototypeThen(handle(handler, env, next), undefined, () => {});
   }
 }
 

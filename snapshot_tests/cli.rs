@@ -354,3 +354,37 @@ fn output_into_a_closed_pipe_ends_quietly_by_sigpipe() {
   assert_eq!(stderr(&o), "", "no error message");
   assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}", o.status);
 }
+
+#[test]
+fn deno_env_navigator_and_self() {
+  let dir = tempfile::tempdir().unwrap();
+  let main = write(
+    dir.path(),
+    "env.ts",
+    r#"
+      const out: unknown[] = [];
+      out.push(Deno.env.get("KILN_TEST_VAR"), Deno.env.has("KILN_TEST_VAR"), Deno.env.get("KILN_NOPE"));
+      Deno.env.set("KILN_SET", "x=y");
+      out.push(Deno.env.get("KILN_SET"), Deno.env.toObject().KILN_TEST_VAR);
+      Deno.env.delete("KILN_SET");
+      out.push(Deno.env.has("KILN_SET"));
+      try { Deno.env.get(""); } catch (e) { out.push(`${(e as Error).name}: ${(e as Error).message}`); }
+      out.push(navigator.userAgent === `kiln/${Deno.version.kiln}`, navigator.hardwareConcurrency >= 1,
+        navigator.language, self === globalThis);
+      console.log(JSON.stringify(out));
+    "#,
+  );
+  let o = kiln()
+    .args(["run", main.to_str().unwrap()])
+    .env("KILN_TEST_VAR", "hello")
+    .env("LANG", "de_DE.UTF-8")
+    .env_remove("LC_ALL")
+    .env_remove("LC_MESSAGES")
+    .output()
+    .unwrap();
+  assert!(o.status.success(), "stderr: {}", stderr(&o));
+  assert_eq!(
+    stdout(&o),
+    "[\"hello\",true,null,\"x=y\",\"hello\",false,\"TypeError: Key is an empty string.\",true,true,\"de-DE\",true]\n"
+  );
+}

@@ -6,6 +6,7 @@ mod cli;
 mod cron;
 mod hardening;
 mod library;
+mod platform;
 mod serve;
 
 /// The repository root (these tests are compiled as part of `crates/cli`).

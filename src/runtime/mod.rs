@@ -26,6 +26,8 @@ pub use loader::FsModuleLoader;
 pub use loader::JAVASCRIPT_EXTENSIONS;
 pub use loader::ModuleAccess;
 
+pub use crate::extensions::runtime::Env;
+
 use crate::extensions;
 use crate::extensions::ExtensionOptions;
 use crate::extensions::LocalCronHandler;
@@ -82,6 +84,8 @@ pub struct RuntimeOptions {
   /// ([`Error::OutputClosed`]), as a command-line tool in a pipeline
   /// should (`kiln run` sets it); otherwise such output is dropped.
   pub stop_on_closed_stdout: bool,
+  /// What `Deno.env` holds (default: nothing, read-only).
+  pub env: Env,
 }
 
 /// A JS runtime thawed from kiln's snapshot.
@@ -344,6 +348,7 @@ impl Runtime {
       runtime: extensions::RuntimeConfig {
         args: options.args,
         stop_on_closed_stdout: options.stop_on_closed_stdout,
+        env: options.env,
       },
       cron,
     };

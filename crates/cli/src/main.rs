@@ -19,6 +19,8 @@ struct Cli {
   command: Command,
 }
 
+// Parsed once per process: the size of the serve variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
   /// Run a module (.ts, .mts, .js, .mjs); the rest of the arguments become
@@ -93,6 +95,15 @@ struct ServeArgs {
   /// the detail goes to the log under that request id.
   #[arg(long)]
   expose_errors: bool,
+  /// A dotenv file of variables for every function (`Deno.env` and the
+  /// `env` argument of fetch(request, env, ctx)). `<DIR>/<name>.env` beside
+  /// a function adds its own, overriding. Values are never logged.
+  #[arg(long, value_name = "PATH")]
+  env_file: Option<PathBuf>,
+  /// Host environment variables that functions see (comma-separated);
+  /// functions see none of the host's environment otherwise.
+  #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+  inherit_env: Vec<String>,
   /// Log level (error, warn, info, debug, trace) or a tracing filter
   /// directive; logs go to stderr, one line per request at info.
   #[arg(long, default_value = "info")]
@@ -158,9 +169,12 @@ fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
     .build()
     .map_err(|e| kiln::Error::Init(format!("cannot start tokio: {e}")))?;
   let (runtime, result) = tokio.block_on(async move {
+    // Your own program: it sees the process environment, as
+    // `deno run --allow-env` does.
     let options = kiln::RuntimeOptions {
       args,
       stop_on_closed_stdout: true,
+      env: kiln::runtime::Env::Process,
     };
     let mut runtime = kiln::Runtime::new(options)?;
     let result = runtime.run_main_module(&file).await;
@@ -202,6 +216,8 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
   }
   options.max_connections = args.max_connections;
   options.expose_errors = args.expose_errors;
+  options.env_file = args.env_file;
+  options.inherit_env = args.inherit_env;
   let tokio = tokio::runtime::Builder::new_multi_thread()
     .enable_all()
     .build()

@@ -34,6 +34,8 @@ use kiln_extensions::serve::ServeRequest;
 pub(crate) struct InstanceSpec {
   pub function: Arc<str>,
   pub path: PathBuf,
+  /// The function's variables (`Deno.env`, the `env` argument).
+  pub env: Arc<std::collections::BTreeMap<String, String>>,
   /// Where the function may load modules from (its served directory).
   pub modules: ModuleAccess,
   pub max_heap_bytes: usize,
@@ -304,7 +306,12 @@ impl InstanceThread {
       self.spec.metrics.clone(),
       self.cron_jobs.clone(),
     );
+    let options = kiln::RuntimeOptions {
+      env: kiln::runtime::Env::ReadOnly(self.spec.env.clone()),
+      ..Default::default()
+    };
     let mut runtime = match Runtime::builder()
+      .options(options)
       .max_heap_bytes(self.spec.max_heap_bytes)
       .module_access(self.spec.modules.clone())
       .cron_handler(cron)

@@ -14,6 +14,7 @@
 
 mod body;
 mod cron;
+pub mod env;
 mod instance;
 pub mod metrics;
 mod pool;
@@ -91,6 +92,10 @@ pub struct HostOptions {
   /// 500 bodies carry the error's message and stack instead of only the
   /// request id (for development).
   pub expose_errors: bool,
+  /// A dotenv file of variables for every function.
+  pub env_file: Option<PathBuf>,
+  /// Host variables every function sees (none otherwise).
+  pub inherit_env: Vec<String>,
   /// Start every function at start-up, in the background (registers its
   /// cron jobs, shows load errors at once). Without it, instances start on
   /// first request.
@@ -113,6 +118,8 @@ impl HostOptions {
       keep_alive_timeout: Duration::from_secs(60),
       max_connections: None,
       expose_errors: false,
+      env_file: None,
+      inherit_env: Vec::new(),
       preload: true,
     }
   }
@@ -150,6 +157,8 @@ pub enum HostError {
   },
   #[error(transparent)]
   Snapshot(#[from] kiln::snapshot::container::ContainerError),
+  #[error(transparent)]
+  EnvFile(#[from] env::EnvFileError),
 }
 
 /// A request the host answers itself, with why. Each has one status; only
@@ -242,25 +251,33 @@ impl Host {
     // A broken snapshot is a start-up error, not a 500 on every request.
     kiln::runtime::check_embedded_snapshot()?;
     let metrics = Arc::new(Metrics::default());
-    let modules = ModuleAccess {
-      root: Some(root),
-      max_bytes: options.max_module_bytes,
-    };
-    let functions = found
-      .into_iter()
-      .map(|(name, path)| {
-        let spec = InstanceSpec {
-          function: name.as_str().into(),
-          path,
-          modules: modules.clone(),
-          max_heap_bytes: options.max_heap_bytes,
-          start_timeout: options.timeout,
-          metrics: metrics.clone(),
-        };
-        let pool = FunctionPool::new(spec, options.max_instances, options.preload);
-        (name, Arc::new(pool))
-      })
-      .collect();
+    // Variables: inherited, then --env-file, then <name>.env.
+    let mut shared = env::inherited(&options.inherit_env);
+    if let Some(file) = &options.env_file {
+      env::read_into(&mut shared, file)?;
+    }
+    let mut functions = BTreeMap::new();
+    for (name, path) in found {
+      let mut vars = shared.clone();
+      let own = root.join(format!("{name}.env"));
+      if own.is_file() {
+        env::read_into(&mut vars, &own)?;
+      }
+      let spec = InstanceSpec {
+        function: name.as_str().into(),
+        path,
+        env: Arc::new(vars),
+        modules: ModuleAccess {
+          root: Some(root.clone()),
+          max_bytes: options.max_module_bytes,
+        },
+        max_heap_bytes: options.max_heap_bytes,
+        start_timeout: options.timeout,
+        metrics: metrics.clone(),
+      };
+      let pool = FunctionPool::new(spec, options.max_instances, options.preload);
+      functions.insert(name, Arc::new(pool));
+    }
     Ok(Arc::new(Host {
       options,
       functions,
@@ -665,7 +682,7 @@ fn finish_in_background(
       Err(_) => {
         tracing::warn!(
           function = pool.name(),
-          "response body not finished within the timeout; instance terminated"
+          "response body or waitUntil work not finished within the timeout; instance terminated"
         );
         lease.instance.terminate(TerminationCause::Timeout);
         pool.discard(lease);

@@ -6,6 +6,9 @@
 //! console's output and end the program (`Deno.exit`, or a closed stdout);
 //! nothing here may depend on the bake machine.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use deno_core::OpState;
 use deno_core::op2;
 use deno_core::v8;
@@ -19,6 +22,75 @@ pub struct RuntimeConfig {
   /// stdout closed, as a command-line tool in a pipeline should; otherwise
   /// such output is dropped.
   pub stop_on_closed_stdout: bool,
+  /// What `Deno.env` holds. The default (used while baking) is empty.
+  pub env: Env,
+}
+
+/// The variables `Deno.env` reads.
+#[derive(Clone, Debug)]
+pub enum Env {
+  /// The process environment, read when the runtime is created; `set` and
+  /// `delete` change this runtime's copy (`kiln run`).
+  Process,
+  /// A fixed set that code cannot change (a function's variables).
+  ReadOnly(Arc<BTreeMap<String, String>>),
+}
+
+impl Default for Env {
+  fn default() -> Self {
+    Env::ReadOnly(Arc::default())
+  }
+}
+
+/// `Deno.env` of one runtime, in the op state.
+struct EnvState {
+  vars: BTreeMap<String, String>,
+  writable: bool,
+}
+
+impl EnvState {
+  fn new(env: &Env) -> Self {
+    match env {
+      Env::Process => EnvState {
+        // Variables that are not valid Unicode are left out, as in Deno.
+        vars: std::env::vars_os()
+          .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+          .collect(),
+        writable: true,
+      },
+      Env::ReadOnly(vars) => EnvState {
+        vars: (**vars).clone(),
+        writable: false,
+      },
+    }
+  }
+}
+
+/// Why `Deno.env` refused a call.
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+pub enum EnvError {
+  #[class(type)]
+  #[error("Deno.env is read-only here: a function's variables come from its env files")]
+  ReadOnly,
+  #[class(type)]
+  #[error("Key is an empty string.")]
+  EmptyKey,
+  #[class(type)]
+  #[error("Key contains invalid characters: {0:?}")]
+  InvalidKey(String),
+  #[class(type)]
+  #[error("Value contains invalid characters: {0:?}")]
+  InvalidValue(String),
+}
+
+fn check_key(key: &str) -> Result<(), EnvError> {
+  if key.is_empty() {
+    return Err(EnvError::EmptyKey);
+  }
+  if key.contains(['=', '\0']) {
+    return Err(EnvError::InvalidKey(key.to_string()));
+  }
+  Ok(())
 }
 
 /// Set by `Deno.exit(code)`; the runtime reads it after execution stops.
@@ -43,7 +115,12 @@ deno_core::extension!(
   deps = [deno_webidl, deno_web, deno_fetch, kiln_fetch],
   ops = [
     op_kiln_args,
+    op_kiln_env_delete,
+    op_kiln_env_get,
+    op_kiln_env_set,
+    op_kiln_env_to_object,
     op_kiln_exit,
+    op_kiln_navigator,
     op_kiln_no_color,
     op_kiln_print,
     op_kiln_versions,
@@ -52,6 +129,7 @@ deno_core::extension!(
   esm = [dir "../../ext_js", "runtime.ts"],
   options = { config: RuntimeConfig },
   state = |state, options| {
+    state.put(EnvState::new(&options.config.env));
     state.put(options.config);
   },
 );
@@ -138,4 +216,61 @@ fn write_fully(out: &mut impl std::io::Write, mut bytes: &[u8]) -> std::io::Resu
     }
   }
   out.flush()
+}
+
+#[op2]
+#[string]
+fn op_kiln_env_get(state: &mut OpState, #[string] key: &str) -> Result<Option<String>, EnvError> {
+  check_key(key)?;
+  Ok(state.borrow::<EnvState>().vars.get(key).cloned())
+}
+
+#[op2]
+#[serde]
+fn op_kiln_env_to_object(state: &mut OpState) -> BTreeMap<String, String> {
+  state.borrow::<EnvState>().vars.clone()
+}
+
+#[op2(fast)]
+fn op_kiln_env_set(
+  state: &mut OpState,
+  #[string] key: &str,
+  #[string] value: &str,
+) -> Result<(), EnvError> {
+  check_key(key)?;
+  if value.contains('\0') {
+    return Err(EnvError::InvalidValue(value.to_string()));
+  }
+  let env = state.borrow_mut::<EnvState>();
+  if !env.writable {
+    return Err(EnvError::ReadOnly);
+  }
+  env.vars.insert(key.to_string(), value.to_string());
+  Ok(())
+}
+
+#[op2(fast)]
+fn op_kiln_env_delete(state: &mut OpState, #[string] key: &str) -> Result<(), EnvError> {
+  check_key(key)?;
+  let env = state.borrow_mut::<EnvState>();
+  if !env.writable {
+    return Err(EnvError::ReadOnly);
+  }
+  env.vars.remove(key);
+  Ok(())
+}
+
+/// `[hardwareConcurrency, language]` of this machine, read at run time.
+#[op2]
+#[serde]
+fn op_kiln_navigator() -> (u32, String) {
+  let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+  // The POSIX locale (`en_US.UTF-8`) as a BCP 47 tag (`en-US`).
+  let language = ["LC_ALL", "LC_MESSAGES", "LANG"]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok())
+    .find(|v| !v.is_empty() && v != "C" && v != "POSIX")
+    .and_then(|v| v.split(['.', '@']).next().map(|l| l.replace('_', "-")))
+    .unwrap_or_else(|| "en-US".to_string());
+  (u32::try_from(cores).unwrap_or(u32::MAX), language)
 }

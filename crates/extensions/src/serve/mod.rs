@@ -172,6 +172,7 @@ deno_core::extension!(
     op_serve_write,
     op_serve_error,
     op_serve_finish,
+    op_serve_close,
     op_serve_client_gone,
     op_serve_unhandled,
   ],
@@ -339,24 +340,21 @@ async fn op_serve_error(
   Ok(())
 }
 
-/// The isolate is done with the request; `ok` when the body was written in
-/// full.
+/// The response is over (the client gets the end of the body now); `ok`
+/// when the body was written in full. The request stays open for its
+/// `waitUntil` work until [`op_serve_close`].
 #[op2(fast)]
 fn op_serve_finish(
   state: &mut OpState,
   #[smi] rid: ResourceId,
   ok: bool,
 ) -> Result<(), ServeOpError> {
-  let resource = state.resource_table.take::<RequestResource>(rid)?;
+  let resource = state.resource_table.get::<RequestResource>(rid)?;
   if ok {
     resource.complete.store(true, Ordering::Release);
   }
-  if let Some(inbox) = state.try_borrow::<ServeInbox>() {
-    let mut current = inbox.current.borrow_mut();
-    if current.as_ref().is_some_and(|(r, _)| *r == rid) {
-      *current = None;
-    }
-  }
+  // Dropping the sender ends the body (complete or aborted, as flagged).
+  resource.response_body.borrow_mut().take();
   if let Some(reply) = resource.reply.borrow_mut().take() {
     // Finished without responding or failing: a bug in the glue, reported
     // instead of leaving the client waiting.
@@ -364,6 +362,21 @@ fn op_serve_finish(
       "the handler finished without a response".to_string(),
     )));
   }
+  Ok(())
+}
+
+/// The isolate is done with the request (its `waitUntil` work settled): the
+/// host may send the next one.
+#[op2(fast)]
+fn op_serve_close(state: &mut OpState, #[smi] rid: ResourceId) -> Result<(), ServeOpError> {
+  let resource = state.resource_table.take::<RequestResource>(rid)?;
+  if let Some(inbox) = state.try_borrow::<ServeInbox>() {
+    let mut current = inbox.current.borrow_mut();
+    if current.as_ref().is_some_and(|(r, _)| *r == rid) {
+      *current = None;
+    }
+  }
+  drop(resource);
   Ok(())
 }
 
