@@ -88,6 +88,7 @@ const SCRIPTS: [string, string][] = [
   ["performance", "ext:deno_web/15_performance.js"],
   ["mimesniff", "ext:deno_web/01_mimesniff.js"],
   ["infra", "ext:deno_web/00_infra.js"],
+  ["cryptoMod", "ext:deno_crypto/00_crypto.js"],
   ["headers", "ext:deno_fetch/20_headers.js"],
   ["formData", "ext:deno_fetch/21_formdata.js"],
   ["body", "ext:deno_fetch/22_body.js"],
@@ -124,6 +125,7 @@ const {
   messagePort,
   compression,
   performance,
+  cryptoMod,
   headers,
   formData,
   request,
@@ -227,6 +229,18 @@ ObjectDefineProperties(globalThis, {
   PerformanceMark: writable(performance.PerformanceMark),
   PerformanceMeasure: writable(performance.PerformanceMeasure),
   performance: writable(performance.performance),
+  // Web Crypto: the `crypto` singleton is created on first use, at run time
+  // (its random state must never be baked).
+  crypto: {
+    get(): unknown {
+      return cryptoMod.crypto;
+    },
+    enumerable: true,
+    configurable: true,
+  },
+  Crypto: writable(cryptoMod.Crypto),
+  CryptoKey: writable(cryptoMod.CryptoKey),
+  SubtleCrypto: writable(cryptoMod.SubtleCrypto),
   // fetch
   Headers: writable(headers.Headers),
   FormData: writable(formData.FormData),

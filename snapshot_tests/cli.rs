@@ -388,3 +388,60 @@ fn deno_env_navigator_and_self() {
     "[\"hello\",true,null,\"x=y\",\"hello\",false,\"TypeError: Key is an empty string.\",true,true,\"de-DE\",true]\n"
   );
 }
+
+#[test]
+fn web_crypto_known_answers() {
+  let dir = tempfile::tempdir().unwrap();
+  let main = write(
+    dir.path(),
+    "crypto.ts",
+    r#"
+      const enc = new TextEncoder();
+      const hex = (b: ArrayBuffer) =>
+        [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
+      const out: string[] = [];
+      out.push(hex(await crypto.subtle.digest("SHA-256", enc.encode("abc"))));
+      // RFC 4231, test case 2.
+      const hmac = await crypto.subtle.importKey(
+        "raw", enc.encode("Jefe"), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+      out.push(hex(await crypto.subtle.sign("HMAC", hmac, enc.encode("what do ya want for nothing?"))));
+      const aes = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, true, ["encrypt", "decrypt"]);
+      const iv = crypto.getRandomValues(new Uint8Array(12));
+      const sealed = await crypto.subtle.encrypt({ name: "AES-GCM", iv }, aes, enc.encode("kiln secret"));
+      out.push(new TextDecoder().decode(await crypto.subtle.decrypt({ name: "AES-GCM", iv }, aes, sealed)));
+      const ec = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+      const alg = { name: "ECDSA", hash: "SHA-256" };
+      const sig = await crypto.subtle.sign(alg, ec.privateKey, enc.encode("msg"));
+      out.push(String(await crypto.subtle.verify(alg, ec.publicKey, sig, enc.encode("msg"))));
+      out.push(String(await crypto.subtle.verify(alg, ec.publicKey, sig, enc.encode("msh"))));
+      const uuid = crypto.randomUUID();
+      out.push(String(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(uuid)));
+      out.push(String(crypto instanceof Crypto && crypto.subtle instanceof SubtleCrypto && ec.publicKey instanceof CryptoKey));
+      out.push(uuid + " " + hex(crypto.getRandomValues(new Uint8Array(8)).buffer));
+      console.log(out.join("\n"));
+    "#,
+  );
+  let launch = || {
+    let o = run(&["run", main.to_str().unwrap()]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    stdout(&o)
+  };
+  let first = launch();
+  let lines: Vec<&str> = first.lines().collect();
+  assert_eq!(
+    lines[..7],
+    [
+      "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+      "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+      "kiln secret",
+      "true",
+      "false",
+      "true",
+      "true",
+    ],
+    "{first}"
+  );
+  // Randomness is the launch's own, never baked.
+  let second = launch();
+  assert_ne!(first.lines().last(), second.lines().last());
+}

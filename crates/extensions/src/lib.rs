@@ -47,6 +47,8 @@ pub fn all<C: cron::CronHandler + 'static>(
       false,
       deno_web::InMemoryBroadcastChannel::default(),
     ),
+    // Web Crypto. No seed: randomness comes from the OS at run time.
+    deno_crypto::deno_crypto::init(None),
     deno_fetch::deno_fetch::init(fetch::fetch_options()),
     fetch::kiln_fetch::init(),
     runtime::kiln_runtime::init(options.runtime),

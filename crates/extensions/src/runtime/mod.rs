@@ -112,7 +112,7 @@ pub struct ExitHook(pub Box<dyn Fn(i32)>);
 
 deno_core::extension!(
   kiln_runtime,
-  deps = [deno_webidl, deno_web, deno_fetch, kiln_fetch],
+  deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, kiln_fetch],
   ops = [
     op_kiln_args,
     op_kiln_env_delete,
