@@ -67,15 +67,7 @@ fn a_bad_env_file_is_refused_by_line_without_its_values() {
   let dir = tempfile::tempdir().unwrap();
   std::fs::write(dir.path().join("f.ts"), VARS).unwrap();
   std::fs::write(dir.path().join("f.env"), "OK=1\nTOKEN=\"s3cret\n").unwrap();
-  let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-    .arg("serve")
-    .arg(dir.path())
-    .args(["--listen", "127.0.0.1:0"])
-    .env("NO_COLOR", "1")
-    .output()
-    .unwrap();
-  assert_eq!(output.status.code(), Some(1));
-  let stderr = String::from_utf8_lossy(&output.stderr);
+  let stderr = crate::serve::serve_refused(dir.path(), &[]);
   assert!(
     stderr.contains("f.env:2: unterminated double quote"),
     "{stderr}"

@@ -882,19 +882,27 @@ async fn waiting_too_long_for_a_busy_instance_gets_503() {
   );
 }
 
+/// Runs `kiln serve <dir> <flags>`, which must refuse to start (exit 1);
+/// returns its stderr.
+pub(crate) fn serve_refused(dir: &std::path::Path, flags: &[&str]) -> String {
+  let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    .arg("serve")
+    .arg(dir)
+    .args(["--listen", "127.0.0.1:0"])
+    .args(flags)
+    .env("NO_COLOR", "1")
+    .output()
+    .unwrap();
+  let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+  assert_eq!(output.status.code(), Some(1), "{stderr}");
+  stderr
+}
+
 #[test]
 fn a_heap_limit_too_small_to_start_is_refused_up_front() {
   let dir = tempfile::tempdir().unwrap();
   std::fs::write(dir.path().join("hello.ts"), HELLO).unwrap();
-  let output = Command::new(env!("CARGO_BIN_EXE_kiln"))
-    .arg("serve")
-    .arg(dir.path())
-    .args(["--listen", "127.0.0.1:0", "--max-heap-mb", "4"])
-    .env("NO_COLOR", "1")
-    .output()
-    .unwrap();
-  assert_eq!(output.status.code(), Some(1));
-  let stderr = String::from_utf8_lossy(&output.stderr);
+  let stderr = serve_refused(dir.path(), &["--max-heap-mb", "4"]);
   assert!(
     stderr.contains("error: --max-heap-mb must be at least 16"),
     "{stderr}"

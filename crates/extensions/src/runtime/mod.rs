@@ -29,8 +29,8 @@ pub struct RuntimeConfig {
 /// The variables `Deno.env` reads.
 #[derive(Clone, Debug)]
 pub enum Env {
-  /// The process environment, read when the runtime is created; `set` and
-  /// `delete` change this runtime's copy (`kiln run`).
+  /// The process environment, read when code asks; `set` and `delete`
+  /// change what this runtime sees, not the process (`kiln run`).
   Process,
   /// A fixed set that code cannot change (a function's variables).
   ReadOnly(Arc<BTreeMap<String, String>>),
@@ -42,27 +42,53 @@ impl Default for Env {
   }
 }
 
-/// `Deno.env` of one runtime, in the op state.
+/// `Deno.env` of one runtime, in the op state. Nothing is read or copied
+/// when the runtime is created: the process environment is read on use,
+/// with this runtime's own `set`/`delete` on top.
 struct EnvState {
-  vars: BTreeMap<String, String>,
-  writable: bool,
+  source: Env,
+  /// Changes made by `set` (`Some`) and `delete` (`None`), process env only.
+  changes: BTreeMap<String, Option<String>>,
 }
 
 impl EnvState {
-  fn new(env: &Env) -> Self {
-    match env {
-      Env::Process => EnvState {
-        // Variables that are not valid Unicode are left out, as in Deno.
-        vars: std::env::vars_os()
-          .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-          .collect(),
-        writable: true,
-      },
-      Env::ReadOnly(vars) => EnvState {
-        vars: (**vars).clone(),
-        writable: false,
+  fn get(&self, key: &str) -> Option<String> {
+    match &self.source {
+      Env::ReadOnly(vars) => vars.get(key).cloned(),
+      Env::Process => match self.changes.get(key) {
+        Some(change) => change.clone(),
+        None => std::env::var(key).ok(),
       },
     }
+  }
+
+  fn to_map(&self) -> BTreeMap<String, String> {
+    match &self.source {
+      Env::ReadOnly(vars) => (**vars).clone(),
+      Env::Process => {
+        // Variables that are not valid Unicode are left out, as in Deno.
+        let mut vars: BTreeMap<String, String> = std::env::vars_os()
+          .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+          .collect();
+        for (key, change) in &self.changes {
+          match change {
+            Some(value) => vars.insert(key.clone(), value.clone()),
+            None => vars.remove(key),
+          };
+        }
+        vars
+      }
+    }
+  }
+
+  fn change(&mut self, key: &str, value: Option<&str>) -> Result<(), EnvError> {
+    if matches!(self.source, Env::ReadOnly(_)) {
+      return Err(EnvError::ReadOnly);
+    }
+    self
+      .changes
+      .insert(key.to_string(), value.map(str::to_string));
+    Ok(())
   }
 }
 
@@ -129,7 +155,10 @@ deno_core::extension!(
   esm = [dir "../../ext_js", "runtime.ts"],
   options = { config: RuntimeConfig },
   state = |state, options| {
-    state.put(EnvState::new(&options.config.env));
+    state.put(EnvState {
+      source: options.config.env.clone(),
+      changes: BTreeMap::new(),
+    });
     state.put(options.config);
   },
 );
@@ -222,13 +251,13 @@ fn write_fully(out: &mut impl std::io::Write, mut bytes: &[u8]) -> std::io::Resu
 #[string]
 fn op_kiln_env_get(state: &mut OpState, #[string] key: &str) -> Result<Option<String>, EnvError> {
   check_key(key)?;
-  Ok(state.borrow::<EnvState>().vars.get(key).cloned())
+  Ok(state.borrow::<EnvState>().get(key))
 }
 
 #[op2]
 #[serde]
 fn op_kiln_env_to_object(state: &mut OpState) -> BTreeMap<String, String> {
-  state.borrow::<EnvState>().vars.clone()
+  state.borrow::<EnvState>().to_map()
 }
 
 #[op2(fast)]
@@ -241,23 +270,13 @@ fn op_kiln_env_set(
   if value.contains('\0') {
     return Err(EnvError::InvalidValue(value.to_string()));
   }
-  let env = state.borrow_mut::<EnvState>();
-  if !env.writable {
-    return Err(EnvError::ReadOnly);
-  }
-  env.vars.insert(key.to_string(), value.to_string());
-  Ok(())
+  state.borrow_mut::<EnvState>().change(key, Some(value))
 }
 
 #[op2(fast)]
 fn op_kiln_env_delete(state: &mut OpState, #[string] key: &str) -> Result<(), EnvError> {
   check_key(key)?;
-  let env = state.borrow_mut::<EnvState>();
-  if !env.writable {
-    return Err(EnvError::ReadOnly);
-  }
-  env.vars.remove(key);
-  Ok(())
+  state.borrow_mut::<EnvState>().change(key, None)
 }
 
 /// `[hardwareConcurrency, language]` of this machine, read at run time.
