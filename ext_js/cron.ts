@@ -3,13 +3,21 @@
 // the ops so every backend gets them.
 
 import { core, primordials } from "ext:core/mod.js";
-import { op_cron_create, op_cron_next } from "ext:core/ops";
-import { defineDenoMember, internals } from "ext:kiln_runtime/runtime.ts";
+import { op_cron_create, op_cron_next, op_cron_validate } from "ext:core/ops";
+import {
+  bootstrapHooks,
+  defineDenoMember,
+  internals,
+  isBaking,
+} from "ext:kiln_runtime/runtime.ts";
 
 const {
   ArrayIsArray,
   ArrayPrototypeEvery,
   ArrayPrototypeJoin,
+  ArrayPrototypePush,
+  ArrayPrototypeSome,
+  Promise,
   NumberIsInteger,
   TypeError,
 } = primordials;
@@ -161,9 +169,71 @@ function cron(
     throw new TypeError("Invalid backoff schedule");
   }
 
-  const rid = op_cron_create(`${name}`, scheduleString, backoffSchedule);
+  if (isBaking()) {
+    return recordForLaunch(`${name}`, scheduleString, backoffSchedule, handler, options?.signal);
+  }
+  return start(`${name}`, scheduleString, backoffSchedule, handler, options?.signal);
+}
 
-  const signal = options?.signal;
+/** A job declared while user code was baked; it starts at launch. */
+interface RecordedJob {
+  name: string;
+  schedule: string;
+  backoffSchedule: number[] | undefined;
+  handler: Handler;
+  signal: AbortSignal | undefined;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+const recordedJobs: RecordedJob[] = [];
+
+/**
+ * Checks a job declared during a bake as `start` would, and keeps it in the
+ * heap: a snapshot cannot hold its resource or its pending op. Every thawed
+ * runtime starts it in `bootstrap()`; the promise `Deno.cron` returned
+ * settles as the started job's does.
+ */
+function recordForLaunch(
+  name: string,
+  schedule: string,
+  backoffSchedule: number[] | undefined,
+  handler: Handler,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  op_cron_validate(name, schedule, backoffSchedule);
+  if (ArrayPrototypeSome(recordedJobs, (job: RecordedJob) => job.name === name)) {
+    throw new TypeError("Cron with this name already exists");
+  }
+  return new Promise<void>((resolve, reject) => {
+    ArrayPrototypePush(recordedJobs, {
+      name,
+      schedule,
+      backoffSchedule,
+      handler,
+      signal,
+      resolve,
+      reject,
+    });
+  });
+}
+
+ArrayPrototypePush(bootstrapHooks, () => {
+  for (const job of recordedJobs) {
+    start(job.name, job.schedule, job.backoffSchedule, job.handler, job.signal)
+      .then(job.resolve, job.reject);
+  }
+});
+
+function start(
+  name: string,
+  schedule: string,
+  backoffSchedule: number[] | undefined,
+  handler: Handler,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const rid = op_cron_create(name, schedule, backoffSchedule);
+
   if (signal) {
     const close = () => {
       try {

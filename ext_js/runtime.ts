@@ -24,6 +24,7 @@ const {
   ObjectDefineProperties,
   ObjectDefineProperty,
   ObjectFreeze,
+  ObjectGetOwnPropertyDescriptor,
   SymbolFor,
   TypeError,
 } = primordials;
@@ -336,11 +337,75 @@ ObjectDefineProperties(globalThis, {
 });
 
 /**
+ * Functions extensions register to run at the end of `bootstrap()`, e.g. to
+ * start what user code asked for while it was being baked.
+ */
+export const bootstrapHooks: Array<() => void> = [];
+
+let baking = false;
+let internalDeno: PropertyDescriptor | undefined;
+
+/**
+ * Whether user code is being baked into a snapshot right now (`kiln
+ * compile`, a served function): nothing that runs may start work the heap
+ * cannot hold (timers, ops, resources).
+ */
+export function isBaking(): boolean {
+  return baking;
+}
+
+/**
+ * Called before user code is evaluated into a snapshot: it sees the public
+ * `Deno` namespace (with no arguments and an empty environment) as it will
+ * at launch.
+ */
+function bakeBegin(): void {
+  internalDeno = ObjectGetOwnPropertyDescriptor(globalThis, "Deno");
+  ObjectDefineProperty(globalThis, "Deno", {
+    value: denoNs,
+    writable: false,
+    enumerable: false,
+    configurable: true,
+  });
+  ObjectDefineProperty(denoNs, "args", readOnly(ObjectFreeze([])));
+  baking = true;
+}
+
+/**
+ * Called after user code was evaluated, before the heap is serialized: puts
+ * back the namespace deno_core binds ops through while it thaws.
+ */
+function bakeEnd(): void {
+  baking = false;
+  if (internalDeno) {
+    ObjectDefineProperty(globalThis, "Deno", internalDeno);
+  }
+  internalDeno = undefined;
+}
+
+ObjectDefineProperties(globalThis, {
+  __kilnBakeBegin: {
+    value: bakeBegin,
+    writable: false,
+    enumerable: false,
+    configurable: true,
+  },
+  __kilnBakeEnd: {
+    value: bakeEnd,
+    writable: false,
+    enumerable: false,
+    configurable: true,
+  },
+});
+
+/**
  * Run-time half of the set-up: called once by the runtime after the snapshot
  * is thawed; everything that depends on this process goes here.
  */
 function bootstrap(): Record<string, unknown> {
   delete (globalThis as Record<string, unknown>).__kilnBootstrap;
+  delete (globalThis as Record<string, unknown>).__kilnBakeBegin;
+  delete (globalThis as Record<string, unknown>).__kilnBakeEnd;
   // deno_core binds ops through `globalThis.Deno.core` while it thaws, so the
   // swap to the public namespace (no `Deno.core`) happens here, not at bake.
   ObjectDefineProperty(globalThis, "Deno", {
@@ -365,6 +430,9 @@ function bootstrap(): Record<string, unknown> {
     "args",
     readOnly(ObjectFreeze(op_kiln_args() as string[])),
   );
+  for (const hook of bootstrapHooks) {
+    hook();
+  }
   return hostHooks;
 }
 

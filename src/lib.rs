@@ -19,6 +19,8 @@
 //! `build.rs` bakes kiln's extensions and the snapshot is embedded
 //! ([`Runtime::new`]); an embedder that bakes its own turns the feature off.
 
+#[cfg(feature = "embedded-snapshot")]
+pub mod app;
 pub mod runtime;
 
 pub use kiln_extensions as extensions;

@@ -82,6 +82,21 @@ pub struct FsModuleLoader {
   /// Resolved specifier -> the specifier as the importing code wrote it,
   /// for refusals that must not reveal the resolved path.
   written: RefCell<HashMap<String, String>>,
+  /// Modules served from memory (JavaScript), by specifier.
+  memory: HashMap<String, Arc<str>>,
+  /// Modules named under a base URL that stands for a directory (a baked
+  /// app's modules are named relative to its root, not by build-machine
+  /// paths).
+  relocation: Option<Relocation>,
+  /// Every module read from a file, with the hash of its text (for bakes).
+  loaded: RefCell<Vec<(String, [u8; 32])>>,
+}
+
+/// Modules whose specifiers start with `base` are read from `root`.
+#[derive(Debug, Clone)]
+pub struct Relocation {
+  pub base: ModuleSpecifier,
+  pub root: PathBuf,
 }
 
 /// Why a module file could not be read.
@@ -183,15 +198,96 @@ impl FsModuleLoader {
     }
   }
 
+  /// Serves `code` (JavaScript) for `specifier` instead of reading a file.
+  pub fn with_module(mut self, specifier: &ModuleSpecifier, code: Arc<str>) -> Self {
+    self.memory.insert(specifier.to_string(), code);
+    self
+  }
+
+  /// A source map for a module that is not loaded here (a baked one).
+  pub fn with_source_map(self, specifier: &str, map: Arc<[u8]>) -> Self {
+    self
+      .source_maps
+      .borrow_mut()
+      .insert(specifier.to_string(), map);
+    self
+  }
+
+  /// Reads modules named under `relocation.base` from `relocation.root`.
+  pub fn with_relocation(mut self, relocation: Relocation) -> Self {
+    self.relocation = Some(relocation);
+    self
+  }
+
+  /// Every module read from a file so far, with the SHA-256 of its text,
+  /// in load order.
+  pub fn loaded_modules(&self) -> Vec<(String, [u8; 32])> {
+    self.loaded.borrow().clone()
+  }
+
+  /// The source map of a module this loader transpiled.
+  pub fn source_map(&self, specifier: &str) -> Option<Arc<[u8]>> {
+    self.source_maps.borrow().get(specifier).cloned()
+  }
+
+  /// Loads `specifier` as this loader would for an import and returns its
+  /// JavaScript (TypeScript transpiled).
+  pub fn load_javascript(&self, specifier: &ModuleSpecifier) -> Result<Arc<str>, JsErrorBox> {
+    if let Some(code) = self.memory.get(specifier.as_str()) {
+      return Ok(code.clone());
+    }
+    let source = self.load_sync(specifier, None, &RequestedModuleType::None)?;
+    match source.code {
+      ModuleSourceCode::String(code) => Ok(code.as_str().into()),
+      ModuleSourceCode::Bytes(_) => Err(JsErrorBox::type_error(format!(
+        "{specifier}: not a JavaScript module"
+      ))),
+    }
+  }
+
+  /// The file a specifier names: under a relocation, inside its root.
+  fn file_path(&self, specifier: &ModuleSpecifier) -> Result<PathBuf, JsErrorBox> {
+    if let Some(relocation) = &self.relocation {
+      let relative = relocation
+        .base
+        .make_relative(specifier)
+        .filter(|r| {
+          !r.starts_with("../") && specifier.as_str().starts_with(relocation.base.as_str())
+        })
+        .ok_or_else(|| {
+          JsErrorBox::type_error(format!(
+            "cannot load module {specifier}: outside the app root {}",
+            relocation.root.display()
+          ))
+        })?;
+      let decoded = ModuleSpecifier::parse("file:///")
+        .and_then(|u| u.join(&relative))
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .ok_or_else(|| JsErrorBox::type_error(format!("not a file path: {specifier}")))?;
+      let inner = decoded.strip_prefix("/").unwrap_or(&decoded);
+      return Ok(relocation.root.join(inner));
+    }
+    specifier
+      .to_file_path()
+      .map_err(|_| JsErrorBox::type_error(format!("not a file path: {specifier}")))
+  }
+
   fn load_sync(
     &self,
     specifier: &ModuleSpecifier,
     maybe_referrer: Option<&ModuleLoadReferrer>,
     requested: &RequestedModuleType,
   ) -> Result<ModuleSource, ModuleLoaderError> {
-    let path = specifier
-      .to_file_path()
-      .map_err(|_| JsErrorBox::type_error(format!("not a file path: {specifier}")))?;
+    if let Some(code) = self.memory.get(specifier.as_str()) {
+      return Ok(ModuleSource::new(
+        ModuleType::JavaScript,
+        ModuleSourceCode::String(code.to_string().into()),
+        specifier,
+        None,
+      ));
+    }
+    let path = self.file_path(specifier)?;
     // Decided from the name alone, before the file system is touched.
     let Some(kind) = module_kind(&path) else {
       return Err(JsErrorBox::type_error(format!(
@@ -238,6 +334,10 @@ impl FsModuleLoader {
         format!("cannot load module {}{from}: {e}", path.display()),
       )
     })?;
+    self.loaded.borrow_mut().push((
+      specifier.to_string(),
+      kiln_pipeline::app::source_hash(&source),
+    ));
     let (module_type, code) = match kind {
       ModuleKind::TypeScript => {
         let module = transpile_cached(specifier, source).map_err(|e| match e {

@@ -6,7 +6,7 @@
 //! extension code at start-up: that happened at bake time.
 
 mod allocator;
-mod loader;
+pub(crate) mod loader;
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -25,6 +25,7 @@ pub use loader::DEFAULT_MAX_MODULE_BYTES;
 pub use loader::FsModuleLoader;
 pub use loader::JAVASCRIPT_EXTENSIONS;
 pub use loader::ModuleAccess;
+pub use loader::Relocation;
 
 pub use crate::extensions::runtime::Env;
 
@@ -73,6 +74,10 @@ pub enum Error {
   /// (see [`RuntimeOptions::stop_on_closed_stdout`]).
   #[error("stdout was closed (broken pipe)")]
   OutputClosed,
+  /// An app method on a runtime not thawed from an app image, or an app
+  /// whose entry lacks what it promised.
+  #[error("this runtime holds no app (see RuntimeBuilder::app)")]
+  NoApp,
 }
 
 /// Options of a runtime; all of them are run-time configuration, never baked.
@@ -103,6 +108,9 @@ pub struct Runtime {
   js: JsRuntime,
   /// What the glue's `bootstrap()` returned: functions the host calls into.
   host_hooks: v8::Global<v8::Value>,
+  /// The app this runtime was thawed with, if any.
+  #[cfg(feature = "embedded-snapshot")]
+  app: Option<crate::app::AppImage>,
 }
 
 /// The manifest of the extension list this binary runs with.
@@ -142,6 +150,8 @@ pub struct RuntimeBuilder<C: CronHandler = LocalCronHandler> {
   cron: C,
   max_heap_bytes: Option<usize>,
   modules: ModuleAccess,
+  #[cfg(feature = "embedded-snapshot")]
+  app: Option<crate::app::AppImage>,
 }
 
 impl Default for RuntimeBuilder {
@@ -154,6 +164,8 @@ impl Default for RuntimeBuilder {
       cron: LocalCronHandler::default(),
       max_heap_bytes: None,
       modules: ModuleAccess::default(),
+      #[cfg(feature = "embedded-snapshot")]
+      app: None,
     }
   }
 }
@@ -170,7 +182,18 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
       cron: handler,
       max_heap_bytes: self.max_heap_bytes,
       modules: self.modules,
+      #[cfg(feature = "embedded-snapshot")]
+      app: self.app,
     }
+  }
+
+  /// Starts from an app image (kiln's extensions plus baked user code)
+  /// instead of kiln's own snapshot; [`Runtime::run_app`] and
+  /// [`Runtime::load_app_module`] then run it.
+  #[cfg(feature = "embedded-snapshot")]
+  pub fn app(mut self, image: crate::app::AppImage) -> Self {
+    self.app = Some(image);
+    self
   }
 
   /// Which files user code may import (default: any regular file up to
@@ -225,6 +248,29 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
   /// (a mismatch is [`ContainerError::FingerprintMismatch`]), thaws it (once
   /// per process and container) and creates the runtime.
   pub fn build(self) -> Result<Runtime, Error> {
+    let create_params = self.max_heap_bytes.map(|max| {
+      v8::CreateParams::default()
+        .heap_limits(0, max)
+        .array_buffer_allocator(allocator::capped(max))
+    });
+    #[cfg(feature = "embedded-snapshot")]
+    if let Some(app) = self.app {
+      JsRuntime::init_platform(None);
+      let loader = app
+        .loader(self.modules)
+        .map_err(|e| Error::Load(e.to_string()))?;
+      let mut runtime = Runtime::create(
+        app.snapshot(),
+        EMBEDDED_RESIDUAL,
+        self.options,
+        self.cron,
+        self.extensions,
+        create_params,
+        loader,
+      )?;
+      runtime.app = Some(app);
+      return Ok(runtime);
+    }
     let (raw, residual) = match self.container {
       #[cfg(feature = "embedded-snapshot")]
       None if self.extensions.is_empty() => {
@@ -242,11 +288,6 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
         (raw, self.residual.unwrap_or((&[], &[])))
       }
     };
-    let create_params = self.max_heap_bytes.map(|max| {
-      v8::CreateParams::default()
-        .heap_limits(0, max)
-        .array_buffer_allocator(allocator::capped(max))
-    });
     Runtime::create(
       raw,
       residual,
@@ -254,7 +295,7 @@ impl<C: CronHandler + 'static> RuntimeBuilder<C> {
       self.cron,
       self.extensions,
       create_params,
-      self.modules,
+      FsModuleLoader::new(self.modules),
     )
   }
 }
@@ -325,7 +366,7 @@ impl Runtime {
       LocalCronHandler::default(),
       Vec::new(),
       None,
-      ModuleAccess::default(),
+      FsModuleLoader::new(ModuleAccess::default()),
     )
   }
 
@@ -342,7 +383,7 @@ impl Runtime {
     cron: C,
     extra_extensions: Vec<Extension>,
     create_params: Option<v8::CreateParams>,
-    modules: ModuleAccess,
+    loader: FsModuleLoader,
   ) -> Result<Self, Error> {
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig {
@@ -357,7 +398,7 @@ impl Runtime {
     let mut js = JsRuntime::try_new(deno_core::RuntimeOptions {
       startup_snapshot: Some(snapshot),
       extensions: all,
-      module_loader: Some(Rc::new(FsModuleLoader::new(modules))),
+      module_loader: Some(Rc::new(loader)),
       residual_lazy_js_sources: residual.0,
       residual_lazy_esm_sources: residual.1,
       create_params,
@@ -369,7 +410,12 @@ impl Runtime {
     let host_hooks = js
       .execute_script("ext:kiln/bootstrap.js", "globalThis.__kilnBootstrap();")
       .map_err(|e| Error::Init(format!("bootstrap failed: {e}")))?;
-    Ok(Runtime { js, host_hooks })
+    Ok(Runtime {
+      js,
+      host_hooks,
+      #[cfg(feature = "embedded-snapshot")]
+      app: None,
+    })
   }
 
   /// A function the glue registered for the host under `hostHooks[name]`.
@@ -482,6 +528,82 @@ impl Runtime {
   /// completion. Returns the exit code: 0, or what `Deno.exit(code)` asked for.
   pub async fn run_main_module(&mut self, path: &Path) -> Result<i32, Error> {
     let result = self.run_module(path).await;
+    self.exit_code(result.map(|()| 0))
+  }
+
+  /// Runs the app this runtime was thawed with (see
+  /// [`RuntimeBuilder::app`]) as a program: the entry's body, or its
+  /// `main()` when it exports one, then the event loop to completion.
+  /// Returns the exit code: what `Deno.exit` asked for, else a number
+  /// `main()` returned, else 0.
+  #[cfg(feature = "embedded-snapshot")]
+  pub async fn run_app(&mut self) -> Result<i32, Error> {
+    let app = self.app.clone().ok_or(Error::NoApp)?;
+    let entry = app.entry().map_err(|e| Error::Load(e.to_string()))?;
+    let result = if app.has_main() {
+      self.run_app_main(&entry).await
+    } else {
+      self.run_specifier(&entry).await.map(|()| 0)
+    };
+    self.exit_code(result)
+  }
+
+  #[cfg(feature = "embedded-snapshot")]
+  async fn run_app_main(&mut self, entry: &ModuleSpecifier) -> Result<i32, Error> {
+    let namespace = self.baked_namespace(entry).await?;
+    let main = {
+      deno_core::scope!(scope, &mut self.js);
+      let namespace = v8::Local::new(scope, &namespace);
+      let key = v8::String::new(scope, "main").ok_or(Error::NoApp)?;
+      let value = namespace.get(scope, key.into()).ok_or(Error::NoApp)?;
+      let function = v8::Local::<v8::Function>::try_from(value)
+        .map_err(|_| Error::Load("the entry's export `main` is not a function".into()))?;
+      v8::Global::new(scope, function)
+    };
+    let call = self.js.call_with_args(&main, &[]);
+    let value = self
+      .js
+      .with_event_loop_promise(call, PollEventLoopOptions::default())
+      .await
+      .map_err(classify)?;
+    let code = {
+      deno_core::scope!(scope, &mut self.js);
+      let value = v8::Local::new(scope, value);
+      if value.is_number() {
+        value.int32_value(scope).unwrap_or(0)
+      } else {
+        0
+      }
+    };
+    self.run_event_loop().await?;
+    Ok(code)
+  }
+
+  /// The namespace of the app's entry module, baked and evaluated already
+  /// (a served function's module): nothing is loaded, compiled or run.
+  #[cfg(feature = "embedded-snapshot")]
+  pub async fn load_app_module(&mut self) -> Result<v8::Global<v8::Object>, Error> {
+    let app = self.app.clone().ok_or(Error::NoApp)?;
+    let entry = app.entry().map_err(|e| Error::Load(e.to_string()))?;
+    self.baked_namespace(&entry).await
+  }
+
+  #[cfg(feature = "embedded-snapshot")]
+  async fn baked_namespace(
+    &mut self,
+    entry: &ModuleSpecifier,
+  ) -> Result<v8::Global<v8::Object>, Error> {
+    // Registered in the thawed module map: found, not loaded.
+    let id = self
+      .js
+      .load_side_es_module(entry)
+      .await
+      .map_err(load_error)?;
+    self.js.get_module_namespace(id).map_err(classify)
+  }
+
+  /// The exit code of a finished program: `Deno.exit`'s, or `result`'s.
+  fn exit_code(&mut self, result: Result<i32, Error>) -> Result<i32, Error> {
     let state = self.js.op_state();
     let state = state.borrow();
     if state.has::<OutputClosed>() {
@@ -489,8 +611,23 @@ impl Runtime {
     }
     match state.try_borrow::<ExitRequest>() {
       Some(ExitRequest(code)) => Ok(*code),
-      None => result.map(|()| 0),
+      None => result,
     }
+  }
+
+  async fn run_specifier(&mut self, specifier: &ModuleSpecifier) -> Result<(), Error> {
+    let id = self
+      .js
+      .load_main_es_module(specifier)
+      .await
+      .map_err(load_error)?;
+    let evaluation = self.js.mod_evaluate(id);
+    self
+      .js
+      .run_event_loop(PollEventLoopOptions::default())
+      .await
+      .map_err(classify)?;
+    evaluation.await.map_err(classify)
   }
 
   async fn run_module(&mut self, path: &Path) -> Result<(), Error> {

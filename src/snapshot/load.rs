@@ -34,6 +34,16 @@ pub use residual::RESIDUAL_LAZY_ESM;
 #[cfg(feature = "embedded-snapshot")]
 pub use residual::RESIDUAL_LAZY_JS;
 
+#[cfg(feature = "embedded-snapshot")]
+mod sources {
+  include!(concat!(env!("OUT_DIR"), "/kiln_sources.rs"));
+}
+/// Every source of kiln's extensions as the bake read it, so this binary can
+/// bake them again together with user code (`kiln compile`, served
+/// functions) where the source files do not exist.
+#[cfg(feature = "embedded-snapshot")]
+pub use sources::EXTENSION_SOURCES;
+
 /// Starts checking and decompressing the embedded snapshot on a background
 /// thread, so the work overlaps V8 platform start-up. Only the first call
 /// does anything; [`embedded`] waits for the result.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use clap::Subcommand;
 
+mod compile;
 mod duration;
 
 /// kiln — a JavaScript/TypeScript runtime that starts from a baked V8 snapshot.
@@ -41,6 +42,25 @@ enum Command {
   /// SIGINT/SIGTERM close idle connections, drain in-flight requests and
   /// exit 0.
   Serve(ServeArgs),
+  /// Compile a program into a standalone executable: this kiln binary with
+  /// a snapshot of kiln plus the program appended. Every module the entry
+  /// imports (statically, transitively) is evaluated now and baked; the
+  /// entry's own body runs at each launch, or, if it exports a function
+  /// `main`, the entry is baked too and `main()` runs at launch (a number
+  /// it returns is the exit code). Modules are named relative to ROOT, so
+  /// the executable runs anywhere, with the sources gone.
+  Compile {
+    /// The program's entry module.
+    entry: PathBuf,
+    /// Where to write the executable [default: the entry's name without
+    /// its extension, in the current directory].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// The directory the app's modules live in [default: the entry's
+    /// directory]; imports from outside it are refused.
+    #[arg(long)]
+    root: Option<PathBuf>,
+  },
   /// Inspect the snapshot baked into this binary.
   Snapshot {
     #[command(subcommand)]
@@ -117,6 +137,23 @@ enum SnapshotCommand {
 }
 
 fn main() -> ExitCode {
+  let mut argv = std::env::args_os();
+  let _program = argv.next();
+  // A compiled executable: every argument is the program's.
+  if let Some(container) = compile::embedded_app() {
+    kiln::runtime::prefetch_snapshot();
+    let args = argv.map(|a| a.to_string_lossy().into_owned()).collect();
+    let result = container
+      .map_err(|e| format!("this executable's app cannot be read: {e}").into())
+      .and_then(|container| compile::run_compiled(&container, args));
+    return finish(result);
+  }
+  // A bake in a child process (`kiln compile`, `kiln serve`).
+  let mut rest = std::env::args_os().skip(1);
+  if rest.next().as_deref() == Some(std::ffi::OsStr::new(kiln::app::BAKE_SUBCOMMAND)) {
+    let args: Vec<_> = rest.collect();
+    return ExitCode::from(kiln::app::bake_child_main(&args).clamp(0, 255) as u8);
+  }
   let cli = Cli::parse();
   if matches!(cli.command, Command::Run { .. } | Command::Serve(_)) {
     // Decompress the snapshot while the rest of start-up happens.
@@ -125,6 +162,11 @@ fn main() -> ExitCode {
   let result = match cli.command {
     Command::Run { file, args } => run(file, args).map_err(Into::into),
     Command::Serve(args) => serve(args),
+    Command::Compile {
+      entry,
+      output,
+      root,
+    } => compile::compile(&entry, output, root).map_err(Into::into),
     Command::Snapshot {
       command: SnapshotCommand::Info,
     } => kiln_pipeline::info::describe(kiln::snapshot::load::EMBEDDED_SNAPSHOT)
@@ -134,6 +176,11 @@ fn main() -> ExitCode {
       })
       .map_err(Into::into),
   };
+  finish(result)
+}
+
+/// The process's exit for a command's result.
+fn finish(result: Result<i32, Box<dyn std::error::Error>>) -> ExitCode {
   match result {
     Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
     Err(e) if is_output_closed(e.as_ref()) => die_of_sigpipe(),

@@ -63,6 +63,9 @@ pub struct Manifest {
   pub target: String,
   /// Extension names with their op names, in registration order.
   pub extensions: Vec<(String, Vec<String>)>,
+  /// For a snapshot that also holds user code (`kiln compile`, a served
+  /// function): the hex SHA-256 of that code. `None` for extension bakes.
+  pub app: Option<String>,
 }
 
 impl Manifest {
@@ -89,6 +92,22 @@ impl Manifest {
           (ext.name.to_string(), ops)
         })
         .collect(),
+      app: None,
+    }
+  }
+
+  /// This manifest for a snapshot that also holds the user code whose hash
+  /// is `app_hash`.
+  pub fn with_app(mut self, app_hash: &[u8; 32]) -> Self {
+    self.app = Some(hex(app_hash));
+    self
+  }
+
+  /// The manifest without its app: what the extensions were baked for.
+  pub fn without_app(&self) -> Self {
+    Manifest {
+      app: None,
+      ..self.clone()
     }
   }
 
@@ -98,6 +117,11 @@ impl Manifest {
       "kiln-snapshot {FORMAT_VERSION}\ndeno_core {}\nv8 {}\ntarget {}\n",
       self.deno_core, self.v8, self.target
     );
+    if let Some(app) = &self.app {
+      text.push_str("app ");
+      text.push_str(app);
+      text.push('\n');
+    }
     for (name, ops) in &self.extensions {
       text.push_str("ext ");
       text.push_str(name);
@@ -118,7 +142,15 @@ impl Manifest {
     let v8 = lines.next()?.strip_prefix("v8 ")?.to_string();
     let target = lines.next()?.strip_prefix("target ")?.to_string();
     let mut extensions = Vec::new();
+    let mut app = None;
     for line in lines {
+      if extensions.is_empty()
+        && app.is_none()
+        && let Some(hash) = line.strip_prefix("app ")
+      {
+        app = Some(hash.to_string());
+        continue;
+      }
       let mut words = line.strip_prefix("ext ")?.split(' ');
       let name = words.next()?.to_string();
       extensions.push((name, words.map(str::to_string).collect()));
@@ -128,6 +160,7 @@ impl Manifest {
       v8,
       target,
       extensions,
+      app,
     })
   }
 
@@ -294,6 +327,24 @@ impl<'a> SnapshotContainer<'a> {
     })
   }
 
+  /// Refuses a container whose extensions were baked for anything but
+  /// `expected` (which has no app); the container's own app is not
+  /// compared. For app containers: baked by this kiln, for any app.
+  pub fn check_extensions(&self, expected: &Manifest) -> Result<(), ContainerError> {
+    let kiln_part = self.manifest.without_app();
+    if kiln_part.fingerprint() == expected.fingerprint() {
+      return Ok(());
+    }
+    let diff = kiln_part
+      .first_difference(expected)
+      .map(|d| format!(" [first difference: {d}]"))
+      .unwrap_or_default();
+    Err(ContainerError::FingerprintMismatch {
+      baked: kiln_part.summary(),
+      expected: format!("{}{diff}", expected.summary()),
+    })
+  }
+
   /// Decompresses the payload, verifying zstd's checksum and the raw length.
   pub fn decompress(&self) -> Result<Vec<u8>, ContainerError> {
     // One-shot into a buffer of the known size: the fast path.
@@ -355,6 +406,7 @@ mod tests {
           ops.iter().map(|s| s.to_string()).collect(),
         ),
       ],
+      app: None,
     }
   }
 
@@ -383,6 +435,20 @@ mod tests {
   fn manifest_text_round_trips() {
     let m = manifest(&["op_x"]);
     assert_eq!(Manifest::parse(&m.to_text()), Some(m));
+  }
+  #[test]
+  fn app_manifest_round_trips_and_checks_only_the_extensions() {
+    let kiln = manifest(&["op_a"]);
+    let app = kiln.clone().with_app(&[7; 32]);
+    assert_eq!(Manifest::parse(&app.to_text()), Some(app.clone()));
+    assert_ne!(app.fingerprint(), kiln.fingerprint());
+    let bytes = SnapshotContainer::encode(&app, b"payload", 3).unwrap();
+    let container = SnapshotContainer::parse(&bytes).unwrap();
+    container.check_extensions(&kiln).unwrap();
+    assert!(container.check_manifest(&kiln).is_err());
+    let other = manifest(&["op_a", "op_b"]);
+    let err = container.check_extensions(&other).unwrap_err().to_string();
+    assert!(err.contains("fingerprint mismatch"), "{err}");
   }
 
   #[test]
@@ -517,6 +583,7 @@ mod proptests {
       v8: "15.0.0".into(),
       target: "x86_64-unknown-linux-gnu".into(),
       extensions: vec![("kiln_runtime".into(), vec!["op_a".into(), "op_b".into()])],
+      app: None,
     };
     let raw: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     let bytes = SnapshotContainer::encode(&manifest, &raw, 3).unwrap();

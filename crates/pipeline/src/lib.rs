@@ -13,6 +13,7 @@
 //! Nothing here knows kiln's own extensions or runtime: both depend on this
 //! crate, never the other way.
 
+pub mod app;
 pub mod bake;
 pub mod container;
 pub mod info;

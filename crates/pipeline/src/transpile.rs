@@ -103,3 +103,146 @@ fn display_specifier(specifier: &ModuleSpecifier) -> String {
     .map(|p| p.display().to_string())
     .unwrap_or_else(|_| specifier.to_string())
 }
+
+/// A static import of a module, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticImport {
+  pub specifier: String,
+  /// Imported `with { type: "json" }`.
+  pub json: bool,
+}
+
+/// What a bake needs to know about a JavaScript module before running it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModuleFacts {
+  /// Static imports and re-exports (`import`, `export ... from`), in source
+  /// order; type-only ones are left out.
+  pub imports: Vec<StaticImport>,
+  /// The module exports a binding named `main`.
+  pub exports_main: bool,
+}
+
+/// Reads the static imports and exports of `code`, a JavaScript module
+/// (transpiled already, so type-only imports are gone).
+pub fn module_facts(
+  specifier: &ModuleSpecifier,
+  code: &str,
+) -> Result<ModuleFacts, TranspileError> {
+  use deno_ast::swc::ast;
+
+  let parsed = deno_ast::parse_module(ParseParams {
+    specifier: specifier.clone(),
+    text: code.into(),
+    media_type: MediaType::JavaScript,
+    capture_tokens: false,
+    scope_analysis: false,
+    maybe_syntax: None,
+  })
+  .map_err(|d| syntax_error(&d))?;
+  let deno_ast::ProgramRef::Module(module) = parsed.program_ref() else {
+    return Ok(ModuleFacts::default());
+  };
+  let is_json = |with: &Option<Box<ast::ObjectLit>>| {
+    with.as_ref().is_some_and(|with| {
+      with.props.iter().any(|prop| {
+        let ast::PropOrSpread::Prop(prop) = prop else {
+          return false;
+        };
+        let ast::Prop::KeyValue(kv) = &**prop else {
+          return false;
+        };
+        let key_is_type = match &kv.key {
+          ast::PropName::Ident(i) => &*i.sym == "type",
+          ast::PropName::Str(s) => s.value.to_string_lossy() == "type",
+          _ => false,
+        };
+        let value_is_json = matches!(&*kv.value, ast::Expr::Lit(ast::Lit::Str(s)) if s.value.to_string_lossy() == "json");
+        key_is_type && value_is_json
+      })
+    })
+  };
+  let name_is_main = |name: &ast::ModuleExportName| match name {
+    ast::ModuleExportName::Ident(i) => &*i.sym == "main",
+    ast::ModuleExportName::Str(s) => s.value.to_string_lossy() == "main",
+  };
+  let mut facts = ModuleFacts::default();
+  for item in &module.body {
+    let ast::ModuleItem::ModuleDecl(decl) = item else {
+      continue;
+    };
+    let (src, with) = match decl {
+      ast::ModuleDecl::Import(import) if !import.type_only => (Some(&import.src), &import.with),
+      ast::ModuleDecl::ExportAll(export) if !export.type_only => (Some(&export.src), &export.with),
+      ast::ModuleDecl::ExportNamed(export) if !export.type_only => {
+        for spec in &export.specifiers {
+          if let ast::ExportSpecifier::Named(named) = spec {
+            let exported = named.exported.as_ref().unwrap_or(&named.orig);
+            facts.exports_main |= name_is_main(exported);
+          }
+        }
+        match &export.src {
+          Some(src) => (Some(src), &export.with),
+          None => continue,
+        }
+      }
+      ast::ModuleDecl::ExportDecl(export) => {
+        facts.exports_main |= match &export.decl {
+          ast::Decl::Fn(f) => &*f.ident.sym == "main",
+          ast::Decl::Class(c) => &*c.ident.sym == "main",
+          ast::Decl::Var(v) => v
+            .decls
+            .iter()
+            .any(|d| matches!(&d.name, ast::Pat::Ident(i) if &*i.id.sym == "main")),
+          _ => false,
+        };
+        continue;
+      }
+      _ => continue,
+    };
+    if let Some(src) = src {
+      facts.imports.push(StaticImport {
+        specifier: src.value.to_string_lossy().into_owned(),
+        json: is_json(with),
+      });
+    }
+  }
+  Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn facts_list_static_imports_in_order_and_see_main() {
+    let url = ModuleSpecifier::parse("file:///app/main.js").unwrap();
+    let facts = module_facts(
+      &url,
+      r#"import { a } from "./a.ts";
+         import data from "./d.json" with { type: "json" };
+         export * from "./b.js";
+         export { c as main } from "./c.js";
+         const lazy = () => import("./dyn.js");"#,
+    )
+    .unwrap();
+    let specs: Vec<_> = facts
+      .imports
+      .iter()
+      .map(|i| (i.specifier.as_str(), i.json))
+      .collect();
+    assert_eq!(
+      specs,
+      [
+        ("./a.ts", false),
+        ("./d.json", true),
+        ("./b.js", false),
+        ("./c.js", false)
+      ]
+    );
+    assert!(facts.exports_main);
+    let facts = module_facts(&url, "export async function main() {}").unwrap();
+    assert!(facts.exports_main && facts.imports.is_empty());
+    let facts = module_facts(&url, "export const mainly = 1; function main() {}").unwrap();
+    assert!(!facts.exports_main);
+  }
+}

@@ -35,7 +35,7 @@ deno_core::extension!(
   kiln_cron,
   deps = [kiln_runtime],
   parameters = [C: CronHandler],
-  ops = [op_cron_create<C>, op_cron_next<C>],
+  ops = [op_cron_create<C>, op_cron_next<C>, op_cron_validate],
   esm_entry_point = "ext:kiln_cron/cron.ts",
   esm = [dir "../../ext_js", "cron.ts"],
   options = { handler: C },
@@ -100,6 +100,21 @@ fn op_cron_create<C: CronHandler + 'static>(
   Ok(state.resource_table.add(CronResource {
     handle: Rc::new(handle),
   }))
+}
+
+/// Checks a job without creating it: for jobs declared while user code is
+/// baked into a snapshot, which start at launch.
+#[op2]
+fn op_cron_validate(
+  #[string] name: String,
+  #[string] schedule: String,
+  #[serde] backoff_schedule: Option<Vec<u32>>,
+) -> Result<(), CronError> {
+  validate(&CronSpec {
+    name,
+    schedule,
+    backoff_schedule,
+  })
 }
 
 #[op2]
