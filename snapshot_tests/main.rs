@@ -3,6 +3,7 @@
 //! of `crates/cli` (the package that builds the binary).
 
 mod cli;
+mod compile;
 mod cron;
 mod hardening;
 mod library;

@@ -69,10 +69,6 @@ pub fn compile(
     path: PathBuf::from("/proc/self/exe"),
     source,
   })?;
-  let read_self = |source| CompileError::ReadSelf {
-    path: self_path.clone(),
-    source,
-  };
   let request = kiln::app::AppBake {
     entry: entry.clone(),
     root: Some(root),
@@ -87,16 +83,7 @@ pub fn compile(
         source,
       }
     })?;
-  let mut binary = std::fs::read(&self_path).map_err(read_self)?;
-  // A compiled executable compiling again: keep only the kiln part.
-  if let Some(len) = trailer(&binary) {
-    binary.truncate(binary.len() - len as usize - TRAILER_LEN as usize);
-  }
-  let kiln_len = binary.len();
-  binary.extend_from_slice(&container);
-  binary.extend_from_slice(&(container.len() as u64).to_le_bytes());
-  binary.extend_from_slice(TRAILER_MAGIC);
-  write_executable(&out, &binary)?;
+  let kiln_len = write_executable(&self_path, &out, &container)?;
   eprintln!(
     "compiled {} -> {} ({} KiB of app on a {} KiB kiln)",
     entry.display(),
@@ -107,41 +94,50 @@ pub fn compile(
   Ok(0)
 }
 
-fn write_executable(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
-  use std::os::unix::fs::OpenOptionsExt;
+/// Writes this binary (without an app it may carry) plus `container` and
+/// the trailer to `path`; returns the length of the kiln part.
+fn write_executable(self_path: &Path, path: &Path, container: &[u8]) -> Result<u64, CompileError> {
+  use std::io::Write;
+  use std::os::unix::fs::PermissionsExt;
   let write_error = |source| CompileError::Write {
     path: path.to_path_buf(),
     source,
   };
-  // A new file: replacing a running executable in place would crash it.
+  // A new file renamed into place: rewriting a running executable in place
+  // would crash it. The copy stays in the kernel (copy_file_range).
   let tmp = path.with_extension("kiln-tmp");
+  std::fs::copy(self_path, &tmp).map_err(|source| CompileError::ReadSelf {
+    path: self_path.to_path_buf(),
+    source,
+  })?;
   let mut file = std::fs::OpenOptions::new()
+    .read(true)
     .write(true)
-    .create(true)
-    .truncate(true)
-    .mode(0o755)
     .open(&tmp)
     .map_err(write_error)?;
-  std::io::Write::write_all(&mut file, bytes).map_err(write_error)?;
-  drop(file);
-  std::fs::rename(&tmp, path).map_err(write_error)
-}
-
-/// The container length a trailer at the end of `bytes` announces.
-fn trailer(bytes: &[u8]) -> Option<u64> {
-  let start = bytes.len().checked_sub(TRAILER_LEN as usize)?;
-  let (len, magic) = bytes[start..].split_at(8);
-  if magic != TRAILER_MAGIC {
-    return None;
+  // A compiled executable compiling again: keep only the kiln part.
+  let mut kiln_len = file.metadata().map_err(write_error)?.len();
+  if let Some(Ok(app_len)) = read_trailer(&mut file) {
+    kiln_len -= app_len + TRAILER_LEN;
+    file.set_len(kiln_len).map_err(write_error)?;
   }
-  let len = u64::from_le_bytes(len.try_into().ok()?);
-  (len <= start as u64).then_some(len)
+  file.seek(SeekFrom::End(0)).map_err(write_error)?;
+  file.write_all(container).map_err(write_error)?;
+  file
+    .write_all(&(container.len() as u64).to_le_bytes())
+    .map_err(write_error)?;
+  file.write_all(TRAILER_MAGIC).map_err(write_error)?;
+  file
+    .set_permissions(std::fs::Permissions::from_mode(0o755))
+    .map_err(write_error)?;
+  drop(file);
+  std::fs::rename(&tmp, path).map_err(write_error)?;
+  Ok(kiln_len)
 }
 
-/// The app container appended to this executable, if it is a compiled one.
-pub fn embedded_app() -> Option<std::io::Result<Vec<u8>>> {
-  let path = std::env::current_exe().ok()?;
-  let mut file = std::fs::File::open(path).ok()?;
+/// The length of the app a trailer at the end of `file` announces: `None`
+/// without a trailer, an error if the trailer lies.
+fn read_trailer(file: &mut std::fs::File) -> Option<std::io::Result<u64>> {
   let size = file.metadata().ok()?.len();
   if size < TRAILER_LEN {
     return None;
@@ -149,25 +145,38 @@ pub fn embedded_app() -> Option<std::io::Result<Vec<u8>>> {
   let mut tail = [0u8; TRAILER_LEN as usize];
   file.seek(SeekFrom::Start(size - TRAILER_LEN)).ok()?;
   file.read_exact(&mut tail).ok()?;
-  if &tail[8..] != TRAILER_MAGIC {
+  let (len, magic) = tail.split_at(8);
+  if magic != TRAILER_MAGIC {
     return None;
   }
-  let len = u64::from_le_bytes(tail[..8].try_into().ok()?);
+  let len = u64::from_le_bytes(len.try_into().ok()?);
+  Some(if len <= size - TRAILER_LEN {
+    Ok(len)
+  } else {
+    Err(std::io::Error::new(
+      std::io::ErrorKind::InvalidData,
+      "its trailer names more bytes than the file has",
+    ))
+  })
+}
+
+/// The app container appended to this executable, if it is a compiled one.
+pub fn embedded_app() -> Option<std::io::Result<Vec<u8>>> {
+  let path = std::env::current_exe().ok()?;
+  let mut file = std::fs::File::open(path).ok()?;
+  let len = match read_trailer(&mut file)? {
+    Ok(len) => len,
+    Err(e) => return Some(Err(e)),
+  };
   let mut read = || -> std::io::Result<Vec<u8>> {
-    let start = (size - TRAILER_LEN).checked_sub(len).ok_or_else(|| {
-      std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        "trailer names more bytes than the file has",
-      )
-    })?;
+    let end = file.seek(SeekFrom::End(-(TRAILER_LEN as i64)))?;
     let mut container = vec![0; len as usize];
-    file.seek(SeekFrom::Start(start))?;
+    file.seek(SeekFrom::Start(end - len))?;
     file.read_exact(&mut container)?;
     Ok(container)
   };
   Some(read())
 }
-
 /// Runs the app of a compiled executable with `args` as `Deno.args`.
 pub fn run_compiled(
   container: &[u8],
@@ -202,17 +211,23 @@ pub fn run_compiled(
 mod tests {
   use super::*;
 
+  fn trailer_of(bytes: &[u8]) -> Option<std::io::Result<u64>> {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    read_trailer(&mut file)
+  }
+
   #[test]
   fn trailer_is_found_only_when_whole() {
     let mut bytes = b"kiln binary".to_vec();
-    assert_eq!(trailer(&bytes), None);
+    assert!(trailer_of(&bytes).is_none());
     bytes.extend_from_slice(b"APP");
     bytes.extend_from_slice(&3u64.to_le_bytes());
     bytes.extend_from_slice(TRAILER_MAGIC);
-    assert_eq!(trailer(&bytes), Some(3));
+    assert_eq!(trailer_of(&bytes).unwrap().unwrap(), 3);
     let mut lying = b"x".to_vec();
     lying.extend_from_slice(&99u64.to_le_bytes());
     lying.extend_from_slice(TRAILER_MAGIC);
-    assert_eq!(trailer(&lying), None);
+    assert!(trailer_of(&lying).unwrap().is_err());
   }
 }
