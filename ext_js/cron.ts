@@ -5,10 +5,10 @@
 import { core, primordials } from "ext:core/mod.js";
 import { op_cron_create, op_cron_next, op_cron_validate } from "ext:core/ops";
 import {
-  bootstrapHooks,
+  bakingEntrySpecifier,
   defineDenoMember,
+  hostHooks,
   internals,
-  isBaking,
 } from "ext:kiln_runtime/runtime.ts";
 
 const {
@@ -169,14 +169,16 @@ function cron(
     throw new TypeError("Invalid backoff schedule");
   }
 
-  if (isBaking()) {
-    return recordForLaunch(`${name}`, scheduleString, backoffSchedule, handler, options?.signal);
+  const entry = bakingEntrySpecifier();
+  if (entry !== undefined) {
+    return recordForLaunch(entry, `${name}`, scheduleString, backoffSchedule, handler, options?.signal);
   }
   return start(`${name}`, scheduleString, backoffSchedule, handler, options?.signal);
 }
 
 /** A job declared while user code was baked; it starts at launch. */
 interface RecordedJob {
+  entry: string;
   name: string;
   schedule: string;
   backoffSchedule: number[] | undefined;
@@ -190,11 +192,12 @@ const recordedJobs: RecordedJob[] = [];
 
 /**
  * Checks a job declared during a bake as `start` would, and keeps it in the
- * heap: a snapshot cannot hold its resource or its pending op. Every thawed
- * runtime starts it in `bootstrap()`; the promise `Deno.cron` returned
- * settles as the started job's does.
+ * heap: a snapshot cannot hold its resource or its pending op. A runtime
+ * thawed to run `entry` starts it (`hostHooks.startBakedJobs`); the promise
+ * `Deno.cron` returned settles as the started job's does.
  */
 function recordForLaunch(
+  entry: string,
   name: string,
   schedule: string,
   backoffSchedule: number[] | undefined,
@@ -202,11 +205,17 @@ function recordForLaunch(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   op_cron_validate(name, schedule, backoffSchedule);
-  if (ArrayPrototypeSome(recordedJobs, (job: RecordedJob) => job.name === name)) {
+  if (
+    ArrayPrototypeSome(
+      recordedJobs,
+      (job: RecordedJob) => job.entry === entry && job.name === name,
+    )
+  ) {
     throw new TypeError("Cron with this name already exists");
   }
   return new Promise<void>((resolve, reject) => {
     ArrayPrototypePush(recordedJobs, {
+      entry,
       name,
       schedule,
       backoffSchedule,
@@ -218,12 +227,15 @@ function recordForLaunch(
   });
 }
 
-ArrayPrototypePush(bootstrapHooks, () => {
+/** Starts the jobs baked with `entry` (once per runtime, after thawing). */
+hostHooks.startBakedJobs = (entry: string): void => {
   for (const job of recordedJobs) {
-    start(job.name, job.schedule, job.backoffSchedule, job.handler, job.signal)
-      .then(job.resolve, job.reject);
+    if (job.entry === entry) {
+      start(job.name, job.schedule, job.backoffSchedule, job.handler, job.signal)
+        .then(job.resolve, job.reject);
+    }
   }
-});
+};
 
 function start(
   name: string,

@@ -18,7 +18,10 @@ import {
 } from "ext:core/ops";
 
 const {
+  ArrayPrototypeJoin,
+  ArrayPrototypeMap,
   ArrayPrototypePush,
+  JSONStringify,
   String,
   ObjectAssign,
   ObjectDefineProperties,
@@ -234,6 +237,12 @@ ObjectDefineProperties(globalThis, {
   // (its random state must never be baked).
   crypto: {
     get(): unknown {
+      if (baking) {
+        // Its objects live in a heap a snapshot cannot hold.
+        throw new Error(
+          "cannot bake: Web Crypto (crypto) was used while the code was evaluated (use it at launch: in main() or a handler)",
+        );
+      }
       return cryptoMod.crypto;
     },
     enumerable: true,
@@ -291,12 +300,15 @@ ObjectDefineProperties(denoNs, {
   // function's own variables, read-only, under `kiln serve`).
   env: readOnly(ObjectFreeze({
     get(key: string): string | undefined {
+      envReadWhileBaking ||= baking;
       return (op_kiln_env_get(String(key)) as string | null) ?? undefined;
     },
     has(key: string): boolean {
+      envReadWhileBaking ||= baking;
       return op_kiln_env_get(String(key)) !== null;
     },
     toObject(): Record<string, string> {
+      envReadWhileBaking ||= baking;
       return op_kiln_env_to_object() as Record<string, string>;
     },
     set(key: string, value: string): void {
@@ -336,22 +348,71 @@ ObjectDefineProperties(globalThis, {
   Navigator: writable(Navigator),
 });
 
-/**
- * Functions extensions register to run at the end of `bootstrap()`, e.g. to
- * start what user code asked for while it was being baked.
- */
-export const bootstrapHooks: Array<() => void> = [];
-
 let baking = false;
+// The entry (a program, a served function) whose modules are being baked.
+let bakingEntry = "";
+// Variables exist only at launch: code that reads them while it is baked
+// would bake their absence.
+let envReadWhileBaking = false;
 let internalDeno: PropertyDescriptor | undefined;
+let runtimeConsole: PropertyDescriptor | undefined;
+
+/** One argument of a console call, as text, without the inspector. */
+function bakeFormat(value: unknown): string {
+  if (typeof value === "string") return value;
+  try {
+    const json = JSONStringify(value);
+    if (json !== undefined) return json;
+  } catch {
+    // Cycles, BigInts: fall through.
+  }
+  return String(value);
+}
 
 /**
- * Whether user code is being baked into a snapshot right now (`kiln
- * compile`, a served function): nothing that runs may start work the heap
- * cannot hold (timers, ops, resources).
+ * The console user code sees while it is baked: deno_web's console is
+ * backed by an object the snapshotting runtime cannot create, so this one
+ * formats plainly and prints at once.
  */
-export function isBaking(): boolean {
-  return baking;
+function makeBakeConsole(): Record<string, unknown> {
+  const out = (...args: unknown[]) =>
+    op_kiln_print(ArrayPrototypeJoin(ArrayPrototypeMap(args, bakeFormat), " ") + "\n", false);
+  const err = (...args: unknown[]) =>
+    op_kiln_print(ArrayPrototypeJoin(ArrayPrototypeMap(args, bakeFormat), " ") + "\n", true);
+  const nothing = () => {};
+  return {
+    log: out,
+    info: out,
+    debug: out,
+    dir: out,
+    dirxml: out,
+    table: out,
+    warn: err,
+    error: err,
+    trace: err,
+    assert: (condition: unknown, ...args: unknown[]) => {
+      if (!condition) err("Assertion failed:", ...args);
+    },
+    count: nothing,
+    countReset: nothing,
+    group: out,
+    groupCollapsed: out,
+    groupEnd: nothing,
+    time: nothing,
+    timeEnd: nothing,
+    timeLog: nothing,
+    clear: nothing,
+  };
+}
+
+/**
+ * While user code is baked into a snapshot (`kiln compile`, served
+ * functions), the entry whose modules are being evaluated; nothing that
+ * runs may start work the heap cannot hold (timers, ops, resources).
+ * `undefined` otherwise.
+ */
+export function bakingEntrySpecifier(): string | undefined {
+  return baking ? bakingEntry : undefined;
 }
 
 /**
@@ -368,6 +429,8 @@ function bakeBegin(): void {
     configurable: true,
   });
   ObjectDefineProperty(denoNs, "args", readOnly(ObjectFreeze([])));
+  runtimeConsole = ObjectGetOwnPropertyDescriptor(globalThis, "console");
+  ObjectDefineProperty(globalThis, "console", writable(makeBakeConsole()));
   baking = true;
 }
 
@@ -381,9 +444,41 @@ function bakeEnd(): void {
     ObjectDefineProperty(globalThis, "Deno", internalDeno);
   }
   internalDeno = undefined;
+  if (runtimeConsole) {
+    ObjectDefineProperty(globalThis, "console", runtimeConsole);
+  }
+  runtimeConsole = undefined;
+}
+
+/** Before each entry's modules are evaluated at bake. */
+function bakeEntryBegin(entry: string): void {
+  bakingEntry = entry;
+  envReadWhileBaking = false;
+}
+
+/** After each entry's modules were evaluated at bake. */
+function bakeEntryEnd(): void {
+  if (envReadWhileBaking) {
+    envReadWhileBaking = false;
+    throw new Error(
+      "cannot bake: the code read Deno.env while it was evaluated (variables exist only at launch: read them in main() or in a handler)",
+    );
+  }
 }
 
 ObjectDefineProperties(globalThis, {
+  __kilnBakeEntryBegin: {
+    value: bakeEntryBegin,
+    writable: false,
+    enumerable: false,
+    configurable: true,
+  },
+  __kilnBakeEntryEnd: {
+    value: bakeEntryEnd,
+    writable: false,
+    enumerable: false,
+    configurable: true,
+  },
   __kilnBakeBegin: {
     value: bakeBegin,
     writable: false,
@@ -406,6 +501,8 @@ function bootstrap(): Record<string, unknown> {
   delete (globalThis as Record<string, unknown>).__kilnBootstrap;
   delete (globalThis as Record<string, unknown>).__kilnBakeBegin;
   delete (globalThis as Record<string, unknown>).__kilnBakeEnd;
+  delete (globalThis as Record<string, unknown>).__kilnBakeEntryBegin;
+  delete (globalThis as Record<string, unknown>).__kilnBakeEntryEnd;
   // deno_core binds ops through `globalThis.Deno.core` while it thaws, so the
   // swap to the public namespace (no `Deno.core`) happens here, not at bake.
   ObjectDefineProperty(globalThis, "Deno", {
@@ -430,9 +527,6 @@ function bootstrap(): Record<string, unknown> {
     "args",
     readOnly(ObjectFreeze(op_kiln_args() as string[])),
   );
-  for (const hook of bootstrapHooks) {
-    hook();
-  }
   return hostHooks;
 }
 

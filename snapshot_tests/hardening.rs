@@ -385,9 +385,10 @@ async fn error_bodies_hide_details_unless_exposed() {
 #[tokio::test]
 async fn the_port_opens_while_functions_load_and_ready_follows() {
   let hang = "await new Promise((r) => setTimeout(r, 60_000));\nexport default { fetch: () => new Response('late') };\n";
+  // Modules loaded per instance (no snapshot): functions load one by one.
   let server = Server::start(
     &[("hang.ts", hang), ("hello.ts", HELLO)],
-    &["--timeout-ms", "3000"],
+    &["--timeout-ms", "3000", "--no-snapshot"],
     &[],
   );
   // Not ready while `hang` loads, but serving what has loaded.
@@ -404,6 +405,34 @@ async fn the_port_opens_while_functions_load_and_ready_follows() {
   let log = server.stderr();
   assert!(
     log.contains("function 'hang' did not finish loading within 3000 ms"),
+    "{log}"
+  );
+}
+
+#[tokio::test]
+async fn a_function_whose_top_level_hangs_is_left_out_of_the_snapshot() {
+  let hang = "await new Promise((r) => setTimeout(r, 60_000));\nexport default { fetch: () => new Response('late') };\n";
+  let server = Server::start(
+    &[("hang.ts", hang), ("hello.ts", HELLO)],
+    &["--timeout-ms", "1500"],
+    &[],
+  );
+  // The snapshot of all functions waits for `hang` up to the timeout, then
+  // is baked without it; `hello` starts from it, `hang` from its modules
+  // (where it times out again).
+  let deadline = Instant::now() + Duration::from_secs(30);
+  while server.get("/_kiln/ready").await.0 != StatusCode::OK {
+    assert!(Instant::now() < deadline, "never ready");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+  }
+  assert_eq!(server.get("/hello").await.0, StatusCode::OK);
+  let log = server.stderr();
+  assert!(
+    log.contains("function 'hang' cannot be started from a snapshot, serving it from its modules: cannot bake: its top-level evaluation did not finish within 1500 ms"),
+    "{log}"
+  );
+  assert!(
+    log.contains("baked a snapshot of 1 of 2 functions"),
     "{log}"
   );
 }

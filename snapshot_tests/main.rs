@@ -5,6 +5,7 @@
 mod cli;
 mod compile;
 mod cron;
+mod function_snapshots;
 mod hardening;
 mod library;
 mod platform;

@@ -71,6 +71,11 @@ impl Server {
       .args(flags)
       .env("NO_COLOR", "1")
       .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET");
+    // Baked snapshots go next to the functions, not into the user's cache.
+    if !flags.contains(&"--cache-dir") && !flags.contains(&"--no-snapshot") {
+      let cache = fns.parent().unwrap_or(fns).join("kiln-cache");
+      cmd.arg("--cache-dir").arg(cache);
+    }
     for (k, v) in env {
       cmd.env(k, v);
     }
@@ -567,9 +572,12 @@ async fn concurrent_requests_to_several_functions() {
   let slow = |name: &str| {
     format!(
       r#"
-      const instance = Math.random().toString(36).slice(2);
+      // Top-level code is baked once for all instances: an instance's own
+      // identity is made at run time.
+      let instance: string | undefined;
       export default {{
         async fetch(request: Request) {{
+          instance ??= Math.random().toString(36).slice(2);
           await new Promise((r) => setTimeout(r, 400));
           const i = new URL(request.url).searchParams.get("i");
           return Response.json({{ function: "{name}", i, instance }});

@@ -50,7 +50,13 @@ pub enum EntryMode {
 /// What to bake.
 #[derive(Debug, Clone)]
 pub struct AppBake {
-  pub entry: PathBuf,
+  /// The entry modules: exactly one program ([`EntryMode::Program`]), or
+  /// any number of served functions ([`EntryMode::Module`], each evaluated
+  /// in turn; none bakes kiln's extensions alone).
+  pub entries: Vec<PathBuf>,
+  /// Functions left out, with why (recorded in the container; their
+  /// sources are hashed so an edit re-bakes).
+  pub unbaked: Vec<(PathBuf, String)>,
   /// Name modules relative to this directory under [`APP_BASE`] (a
   /// relocatable app); `None` names them by their real paths.
   pub root: Option<PathBuf>,
@@ -59,6 +65,8 @@ pub struct AppBake {
   pub access: ModuleAccess,
   /// zstd level of the container.
   pub compression_level: i32,
+  /// Longest one entry's top-level evaluation may take at bake.
+  pub entry_timeout: Option<std::time::Duration>,
 }
 
 /// Why an app could not be baked or thawed.
@@ -70,6 +78,11 @@ pub enum AppError {
   OutsideRoot { entry: String, root: PathBuf },
   #[error("{0}")]
   Load(String),
+  /// Entry `index` of [`AppBake::entries`] failed to bake.
+  #[error("{message}")]
+  Entry { index: usize, message: String },
+  #[error("kiln compile bakes exactly one entry, not {0}")]
+  EntryCount(usize),
   #[error(transparent)]
   Bake(#[from] BakeError),
   #[error("cannot compress the app snapshot: {0}")]
@@ -111,18 +124,12 @@ fn app_base() -> ModuleSpecifier {
 /// where to call it).
 #[cfg(feature = "embedded-snapshot")]
 pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
-  let entry_path = std::path::absolute(&request.entry)
-    .map_err(|_| AppError::EntryNotFound(request.entry.clone()))?;
-  if !entry_path.is_file() {
-    return Err(AppError::EntryNotFound(entry_path));
-  }
   let root = match &request.root {
     Some(root) => {
       Some(std::path::absolute(root).map_err(|_| AppError::EntryNotFound(root.clone()))?)
     }
     None => None,
   };
-  let entry = specifier_for(&entry_path, root.as_deref())?;
   let mut loader = FsModuleLoader::new(request.access.clone());
   if let Some(root) = &root {
     loader = loader.with_relocation(Relocation {
@@ -130,57 +137,105 @@ pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
       root: root.clone(),
     });
   }
-  let entry_code = loader
-    .load_javascript(&entry)
-    .map_err(|e| AppError::Load(e.to_string()))?;
-  let facts = kiln_pipeline::transpile::module_facts(&entry, &entry_code)
-    .map_err(|e| AppError::Load(e.to_string()))?;
-  let main = request.mode == EntryMode::Program && facts.exports_main;
-  // A program's body runs at launch: bake only what it imports, in its
-  // order, through a module of bare imports beside it.
-  let (modules, launch_code, imports_module) = if request.mode == EntryMode::Module || main {
-    (vec![entry.clone()], None, None)
-  } else {
-    let imports_module = entry
-      .join("./__kiln_baked_imports__.js")
-      .map_err(|e| AppError::Load(e.to_string()))?;
-    let mut code = String::new();
-    for import in &facts.imports {
-      let specifier = serde_json::to_string(&import.specifier).unwrap_or_default();
-      let attributes = if import.json {
-        " with { type: \"json\" }"
-      } else {
-        ""
-      };
-      code.push_str(&format!("import {specifier}{attributes};\n"));
+  let mut entries = Vec::new();
+  for path in &request.entries {
+    let path = std::path::absolute(path).map_err(|_| AppError::EntryNotFound(path.clone()))?;
+    if !path.is_file() {
+      return Err(AppError::EntryNotFound(path));
     }
-    loader = loader.with_module(&imports_module, code.into());
-    (
-      vec![imports_module.clone()],
-      Some(entry_code.clone()),
-      Some(imports_module),
-    )
-  };
+    entries.push(specifier_for(&path, root.as_deref())?);
+  }
+  // One module evaluated per entry: the entry itself, or for a program
+  // whose body runs at launch, a module of its imports.
+  let mut modules = Vec::new();
+  let mut main = false;
+  let mut launch_code = None;
+  let mut imports_module = None;
+  match request.mode {
+    EntryMode::Module => modules.extend(entries.iter().cloned()),
+    EntryMode::Program => {
+      let [entry] = entries.as_slice() else {
+        return Err(AppError::EntryCount(entries.len()));
+      };
+      let code = loader
+        .load_javascript(entry)
+        .map_err(|e| AppError::Load(e.to_string()))?;
+      let facts = kiln_pipeline::transpile::module_facts(entry, &code)
+        .map_err(|e| AppError::Load(e.to_string()))?;
+      main = facts.exports_main;
+      if main {
+        modules.push(entry.clone());
+      } else {
+        // Bake only what the body imports, in its order, through a module
+        // of bare imports beside it.
+        let imports = entry
+          .join("./__kiln_baked_imports__.js")
+          .map_err(|e| AppError::Load(e.to_string()))?;
+        let mut imports_code = String::new();
+        for import in &facts.imports {
+          let specifier = serde_json::to_string(&import.specifier).unwrap_or_default();
+          let attributes = if import.json {
+            " with { type: \"json\" }"
+          } else {
+            ""
+          };
+          imports_code.push_str(&format!("import {specifier}{attributes};\n"));
+        }
+        loader = loader.with_module(&imports, imports_code.into());
+        modules.push(imports.clone());
+        launch_code = Some(code);
+        imports_module = Some(imports);
+      }
+    }
+  }
+  // Unbaked functions' sources count too: an edit may make them bakeable.
+  let mut unbaked = Vec::new();
+  let mut unbaked_sources = Vec::new();
+  for (path, reason) in &request.unbaked {
+    let specifier = specifier_for(path, root.as_deref())?;
+    if let Ok(text) = std::fs::read_to_string(path) {
+      unbaked_sources.push(BakedModule {
+        specifier: specifier.to_string(),
+        source_sha256: kiln_pipeline::app::source_hash(&text),
+      });
+    }
+    unbaked.push((specifier.to_string(), reason.clone()));
+  }
   let loader = Rc::new(loader);
   let extensions = kiln_pipeline::bake::with_embedded_sources(
     kiln_extensions::all(Default::default()),
     crate::snapshot::load::EXTENSION_SOURCES,
   )?;
+  // Cron jobs are recorded under the entry whose modules declared them.
+  let tags: Vec<String> = entries
+    .iter()
+    .map(|e| serde_json::to_string(e.as_str()).unwrap_or_default())
+    .collect();
   let snapshot = kiln_pipeline::bake::snapshot_with_modules(
     extensions,
     UserModules {
       loader: loader.clone(),
       prelude: Some("globalThis.__kilnBakeBegin();".into()),
       modules,
+      before_each: Some(Box::new(move |i| {
+        format!("globalThis.__kilnBakeEntryBegin({});", tags[i])
+      })),
+      on_module: Some(Box::new(|i| eprintln!("{ENTRY_STARTED} {i}"))),
+      after_each: Some("globalThis.__kilnBakeEntryEnd();".into()),
       postlude: Some("globalThis.__kilnBakeEnd();".into()),
+      timeout: request.entry_timeout,
     },
   )
-  .map_err(|e| match (&imports_module, e) {
-    // Name the entry, not the module of its imports.
-    (Some(imports), BakeError::Module(message)) => {
-      BakeError::Module(message.replace(imports.as_str(), entry.as_str()))
+  .map_err(|e| match e {
+    BakeError::AtModule { index, source } => {
+      let mut message = source.to_string();
+      // Name the entry, not the module of its imports.
+      if let (Some(imports), Some(entry)) = (&imports_module, entries.first()) {
+        message = message.replace(imports.as_str(), entry.as_str());
+      }
+      AppError::Entry { index, message }
     }
-    (_, e) => e,
+    e => AppError::Bake(e),
   })?;
 
   let mut baked: Vec<BakedModule> = loader
@@ -193,6 +248,7 @@ pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
       specifier,
       source_sha256,
     })
+    .chain(unbaked_sources)
     .collect();
   baked.sort_by(|a, b| a.specifier.cmp(&b.specifier));
   baked.dedup_by(|a, b| a.specifier == b.specifier);
@@ -202,11 +258,15 @@ pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
     .collect();
   let payload = AppPayload {
     snapshot: &snapshot,
-    entry: entry.as_str(),
+    entries: entries.iter().map(|e| e.as_str()).collect(),
     main,
     entry_code: launch_code.as_deref(),
     modules: baked,
     source_maps: maps.iter().map(|(s, m)| (s.as_str(), &m[..])).collect(),
+    unbaked: unbaked
+      .iter()
+      .map(|(s, r)| (s.as_str(), r.as_str()))
+      .collect(),
   };
   let manifest = crate::runtime::expected_manifest().with_app(&payload.app_hash());
   SnapshotContainer::encode(&manifest, &payload.encode(), request.compression_level)
@@ -226,6 +286,16 @@ impl AppImage {
   /// decompressed bytes live for the rest of the process (V8 reads the
   /// snapshot in place).
   pub fn open(container: &[u8]) -> Result<AppImage, AppError> {
+    Self::open_if(container, |_| true)?.ok_or_else(|| AppError::Load("app image refused".into()))
+  }
+
+  /// [`AppImage::open`], keeping the image only if `keep` accepts its
+  /// payload (e.g. its baked modules' sources are unchanged); a refused one
+  /// is dropped, not kept for the process.
+  pub fn open_if(
+    container: &[u8],
+    keep: impl FnOnce(&AppPayload<'_>) -> bool,
+  ) -> Result<Option<AppImage>, AppError> {
     let parsed = SnapshotContainer::parse(container)?;
     parsed.check_extensions(&crate::runtime::expected_manifest())?;
     if parsed.manifest.app.is_none() {
@@ -233,12 +303,16 @@ impl AppImage {
         "not an app container (no app in its manifest)",
       )));
     }
-    let raw: &'static [u8] = Box::leak(parsed.decompress()?.into_boxed_slice());
+    let raw = parsed.decompress()?;
+    if !keep(&AppPayload::decode(&raw)?) {
+      return Ok(None);
+    }
+    let raw: &'static [u8] = Box::leak(raw.into_boxed_slice());
     let payload = AppPayload::decode(raw)?;
-    Ok(AppImage {
+    Ok(Some(AppImage {
       payload: Arc::new(payload),
       manifest: Arc::new(parsed.manifest),
-    })
+    }))
   }
 
   /// deno_core's snapshot bytes.
@@ -246,10 +320,22 @@ impl AppImage {
     self.payload.snapshot
   }
 
-  /// The entry module's specifier.
+  /// The program's entry module (the first entry).
   pub fn entry(&self) -> Result<ModuleSpecifier, AppError> {
-    ModuleSpecifier::parse(self.payload.entry)
-      .map_err(|_| AppError::Load(format!("bad entry specifier {}", self.payload.entry)))
+    let entry = self.payload.entries.first().copied().unwrap_or("");
+    ModuleSpecifier::parse(entry)
+      .map_err(|_| AppError::Load(format!("bad entry specifier '{entry}'")))
+  }
+
+  /// Whether `specifier` is a baked entry (a served function evaluated at
+  /// bake).
+  pub fn has_entry(&self, specifier: &ModuleSpecifier) -> bool {
+    self.payload.entries.contains(&specifier.as_str())
+  }
+
+  /// Entries left out of the snapshot, with why.
+  pub fn unbaked(&self) -> &[(&'static str, &'static str)] {
+    &self.payload.unbaked
   }
 
   /// The entry exports `main` (baked; `main()` runs at launch).
@@ -301,27 +387,44 @@ impl AppBake {
   /// The child's arguments (after [`BAKE_SUBCOMMAND`]) for this bake into
   /// `out`.
   fn to_args(&self, out: &Path) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = vec![
-      "--entry".into(),
-      self.entry.clone().into(),
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for entry in &self.entries {
+      args.extend(["--entry".into(), entry.clone().into()]);
+    }
+    for (path, reason) in &self.unbaked {
+      args.extend([
+        "--unbaked".into(),
+        path.clone().into(),
+        "--reason".into(),
+        reason.into(),
+      ]);
+    }
+    let mode = match self.mode {
+      EntryMode::Program => "program",
+      EntryMode::Module => "module",
+    };
+    let fixed: [std::ffi::OsString; 8] = [
       "--out".into(),
       out.into(),
       "--mode".into(),
-      match self.mode {
-        EntryMode::Program => "program",
-        EntryMode::Module => "module",
-      }
-      .into(),
+      mode.into(),
       "--max-module-bytes".into(),
       self.access.max_bytes.to_string().into(),
       "--compression".into(),
       self.compression_level.to_string().into(),
     ];
+    args.extend(fixed);
     if let Some(root) = &self.root {
       args.extend(["--root".into(), root.clone().into()]);
     }
     if let Some(confine) = &self.access.root {
       args.extend(["--confine".into(), confine.clone().into()]);
+    }
+    if let Some(timeout) = self.entry_timeout {
+      args.extend([
+        "--entry-timeout-ms".into(),
+        timeout.as_millis().to_string().into(),
+      ]);
     }
     args
   }
@@ -329,11 +432,13 @@ impl AppBake {
   /// Parses what [`AppBake::to_args`] wrote; returns the bake and `out`.
   fn from_args(args: &[std::ffi::OsString]) -> Result<(AppBake, PathBuf), String> {
     let mut bake = AppBake {
-      entry: PathBuf::new(),
+      entries: Vec::new(),
+      unbaked: Vec::new(),
       root: None,
       mode: EntryMode::Program,
       access: ModuleAccess::default(),
       compression_level: kiln_pipeline::bake::DEFAULT_COMPRESSION_LEVEL,
+      entry_timeout: None,
     };
     let mut out = None;
     let mut it = args.iter();
@@ -343,7 +448,12 @@ impl AppBake {
         .ok_or_else(|| format!("{} needs a value", flag.to_string_lossy()))?;
       let text = || value.to_string_lossy().into_owned();
       match flag.to_str() {
-        Some("--entry") => bake.entry = value.into(),
+        Some("--entry") => bake.entries.push(value.into()),
+        Some("--unbaked") => bake.unbaked.push((value.into(), String::new())),
+        Some("--reason") => match bake.unbaked.last_mut() {
+          Some((_, reason)) => *reason = text(),
+          None => return Err("--reason without --unbaked".into()),
+        },
         Some("--out") => out = Some(PathBuf::from(value)),
         Some("--root") => bake.root = Some(value.into()),
         Some("--confine") => bake.access.root = Some(value.into()),
@@ -356,6 +466,10 @@ impl AppBake {
         }
         Some("--max-module-bytes") => {
           bake.access.max_bytes = text().parse().map_err(|_| "bad --max-module-bytes")?
+        }
+        Some("--entry-timeout-ms") => {
+          let ms = text().parse().map_err(|_| "bad --entry-timeout-ms")?;
+          bake.entry_timeout = Some(std::time::Duration::from_millis(ms));
         }
         Some("--compression") => {
           bake.compression_level = text().parse().map_err(|_| "bad --compression")?
@@ -379,18 +493,30 @@ pub fn bake_child_main(args: &[std::ffi::OsString]) -> i32 {
       return 2;
     }
   };
-  match bake(&bake_request).and_then(|container| {
+  let result = bake(&bake_request).and_then(|container| {
     std::fs::write(&out, container)
       .map_err(|e| AppError::Load(format!("cannot write {}: {e}", out.display())))
-  }) {
+  });
+  match result {
     Ok(()) => 0,
+    // One line each: the parent reports the last one as the cause.
+    Err(AppError::Entry { index, message }) => {
+      eprintln!("{ENTRY_FAILED} {index} {}", message.replace('\n', " | "));
+      1
+    }
     Err(e) => {
-      // One line: the parent reports it as the cause.
       eprintln!("{}", e.to_string().replace('\n', " | "));
       1
     }
   }
 }
+
+/// How a bake child reports that one entry failed: `<this> <index>
+/// <message>` on its last line of stderr.
+const ENTRY_FAILED: &str = "kiln-bake-entry-failed";
+/// How a bake child reports that it starts evaluating an entry: `<this>
+/// <index>` on a line of stderr (so an abort can be blamed on it).
+const ENTRY_STARTED: &str = "kiln-bake-entry-started";
 
 /// Why a bake in a child process failed.
 #[derive(Debug, thiserror::Error)]
@@ -402,6 +528,9 @@ pub enum ChildBakeError {
   },
   #[error("{0}")]
   Failed(String),
+  /// Entry `index` of the request failed (the others may bake without it).
+  #[error("{message}")]
+  Entry { index: usize, message: String },
   #[error(
     "V8 aborted while baking (the heap holds something a snapshot cannot, or memory ran out): {0}"
   )]
@@ -414,13 +543,14 @@ pub enum ChildBakeError {
 
 /// Runs [`bake`] in a child process (`program __bake ...`, where `program`
 /// is a kiln binary that calls [`bake_child_main`] for that subcommand) and
-/// returns the container: a heap V8 cannot serialize aborts the child, not
-/// the caller. The child is killed after `timeout`.
+/// returns the container and what the code printed while it was baked (one
+/// string per line): a heap V8 cannot serialize aborts the child, not the
+/// caller. The child is killed after `timeout`.
 pub fn bake_in_child(
   program: &Path,
   request: &AppBake,
   timeout: std::time::Duration,
-) -> Result<Vec<u8>, ChildBakeError> {
+) -> Result<(Vec<u8>, Vec<String>), ChildBakeError> {
   use std::io::Read;
   use std::os::unix::process::ExitStatusExt;
 
@@ -472,20 +602,68 @@ pub fn bake_in_child(
     .to_string();
   let result = match status {
     Err(e) => Err(e),
-    Ok(status) if status.success() => std::fs::read(&out).map_err(ChildBakeError::Read),
-    Ok(status) if status.signal().is_some() => Err(ChildBakeError::Aborted(format!(
-      "signal {}{}",
-      status.signal().unwrap_or(0),
-      if last_line.is_empty() {
-        String::new()
-      } else {
-        format!(": {last_line}")
+    Ok(status) if status.success() => std::fs::read(&out)
+      .map(|container| {
+        // What the code printed while it was baked.
+        let output = stderr
+          .lines()
+          .filter(|l| !l.starts_with(ENTRY_STARTED))
+          .map(str::to_string)
+          .collect();
+        (container, output)
+      })
+      .map_err(ChildBakeError::Read),
+    Ok(status) if status.signal().is_some() => {
+      let what = abort_cause(&stderr);
+      let detail = format!("signal {}: {what}", status.signal().unwrap_or(0));
+      // Blame the entry being evaluated, if any: the others may bake.
+      match stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(ENTRY_STARTED))
+      {
+        Some(index) => match index.trim().parse() {
+          Ok(index) => Err(ChildBakeError::Entry {
+            index,
+            message: format!(
+              "cannot bake: V8 aborted while its top level was evaluated ({detail})"
+            ),
+          }),
+          Err(_) => Err(ChildBakeError::Aborted(detail)),
+        },
+        None => Err(ChildBakeError::Aborted(detail)),
       }
-    ))),
-    Ok(_) => Err(ChildBakeError::Failed(last_line)),
+    }
+    Ok(_) => Err(entry_failure(&last_line).unwrap_or(ChildBakeError::Failed(last_line))),
   };
   let _ = std::fs::remove_file(&out);
   result
+}
+
+/// Why a bake process aborted, from its stderr, in a few words.
+fn abort_cause(stderr: &str) -> String {
+  // deno_core has no cppgc heap while snapshotting: creating a
+  // cppgc-backed Web API object then panics across the V8 boundary.
+  if stderr.contains("cppgc.rs") {
+    return "it created a Web API object a snapshot cannot hold (a text decoder, a compression stream, a Web Crypto key...): create it at launch, in main() or a handler".into();
+  }
+  stderr
+    .lines()
+    .filter(|l| !l.starts_with(ENTRY_STARTED) && !l.trim().is_empty())
+    .find(|l| l.contains("panicked") || l.contains("Fatal") || l.contains("Check failed"))
+    .unwrap_or("no message")
+    .trim()
+    .to_string()
+}
+
+/// An [`ENTRY_FAILED`] line as its error.
+fn entry_failure(line: &str) -> Option<ChildBakeError> {
+  let rest = line.strip_prefix(ENTRY_FAILED)?.strip_prefix(' ')?;
+  let (index, message) = rest.split_once(' ')?;
+  Some(ChildBakeError::Entry {
+    index: index.parse().ok()?,
+    message: message.to_string(),
+  })
 }
 
 /// A fresh path in the temporary directory for a child's output.

@@ -395,6 +395,7 @@ impl Runtime {
     };
     let mut all = extensions::all(ext_options);
     all.extend(extra_extensions);
+    check_read_only_heap(snapshot)?;
     let mut js = JsRuntime::try_new(deno_core::RuntimeOptions {
       startup_snapshot: Some(snapshot),
       extensions: all,
@@ -438,14 +439,22 @@ impl Runtime {
     name: &str,
     arg: v8::Global<v8::Object>,
   ) -> Result<(), Error> {
-    let hook = self
-      .host_hook(name)
-      .ok_or_else(|| Error::Init(format!("the snapshot has no host hook '{name}'")))?;
     let arg = {
       deno_core::scope!(scope, &mut self.js);
       let local = v8::Local::new(scope, &arg);
       v8::Global::new(scope, v8::Local::<v8::Value>::from(local))
     };
+    self.call_host_hook_with(name, arg).await
+  }
+
+  async fn call_host_hook_with(
+    &mut self,
+    name: &str,
+    arg: v8::Global<v8::Value>,
+  ) -> Result<(), Error> {
+    let hook = self
+      .host_hook(name)
+      .ok_or_else(|| Error::Init(format!("the snapshot has no host hook '{name}'")))?;
     let call = self.js.call_with_args(&hook, &[arg]);
     match self
       .js
@@ -540,6 +549,7 @@ impl Runtime {
   pub async fn run_app(&mut self) -> Result<i32, Error> {
     let app = self.app.clone().ok_or(Error::NoApp)?;
     let entry = app.entry().map_err(|e| Error::Load(e.to_string()))?;
+    self.start_baked_jobs(&entry).await?;
     let result = if app.has_main() {
       self.run_app_main(&entry).await
     } else {
@@ -579,13 +589,34 @@ impl Runtime {
     Ok(code)
   }
 
-  /// The namespace of the app's entry module, baked and evaluated already
-  /// (a served function's module): nothing is loaded, compiled or run.
+  /// The namespace of `entry`, a module baked and evaluated already (a
+  /// served function's): nothing is loaded, compiled or run, except the
+  /// `Deno.cron` jobs its top level declared, which start now.
   #[cfg(feature = "embedded-snapshot")]
-  pub async fn load_app_module(&mut self) -> Result<v8::Global<v8::Object>, Error> {
+  pub async fn load_baked_module(
+    &mut self,
+    entry: &ModuleSpecifier,
+  ) -> Result<v8::Global<v8::Object>, Error> {
     let app = self.app.clone().ok_or(Error::NoApp)?;
-    let entry = app.entry().map_err(|e| Error::Load(e.to_string()))?;
-    self.baked_namespace(&entry).await
+    if !app.has_entry(entry) {
+      return Err(Error::Load(format!(
+        "{entry} is not baked into this runtime's snapshot"
+      )));
+    }
+    let namespace = self.baked_namespace(entry).await?;
+    self.start_baked_jobs(entry).await?;
+    Ok(namespace)
+  }
+
+  /// Starts the cron jobs `entry`'s modules declared while they were baked.
+  #[cfg(feature = "embedded-snapshot")]
+  async fn start_baked_jobs(&mut self, entry: &ModuleSpecifier) -> Result<(), Error> {
+    let arg = {
+      deno_core::scope!(scope, &mut self.js);
+      let text = v8::String::new(scope, entry.as_str()).ok_or(Error::NoApp)?;
+      v8::Global::new(scope, v8::Local::<v8::Value>::from(text))
+    };
+    self.call_host_hook_with("startBakedJobs", arg).await
   }
 
   #[cfg(feature = "embedded-snapshot")]
@@ -631,14 +662,38 @@ impl Runtime {
   }
 
   async fn run_module(&mut self, path: &Path) -> Result<(), Error> {
-    let (_, evaluation) = self.load_and_evaluate(path).await?;
-    self
-      .js
-      .run_event_loop(PollEventLoopOptions::default())
-      .await
-      .map_err(classify)?;
-    evaluation.await.map_err(classify)
+    let specifier = main_specifier(path)?;
+    self.run_specifier(&specifier).await
   }
+
+}
+
+/// The checksum of the read-only heap a V8 snapshot was made with (V8's
+/// snapshot header: contexts, rehashability, checksum, then this).
+fn read_only_checksum(snapshot: &[u8]) -> Option<u32> {
+  Some(u32::from_le_bytes(snapshot.get(12..16)?.try_into().ok()?))
+}
+
+/// V8 shares one read-only heap between every isolate of a process, taken
+/// from the first snapshot it thaws, and trusts later snapshots to match:
+/// one that does not crashes V8. Snapshots baked by a build script and by
+/// the kiln binary do not match (their read-only heaps differ), so a process
+/// must thaw snapshots of one origin. This records the first snapshot's
+/// read-only checksum and refuses a different one with an error.
+pub fn check_read_only_heap(snapshot: &[u8]) -> Result<(), Error> {
+  static FIRST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+  let Some(checksum) = read_only_checksum(snapshot) else {
+    return Err(Error::Init("the snapshot has no V8 header".into()));
+  };
+  let first = *FIRST.get_or_init(|| checksum);
+  if first == checksum {
+    return Ok(());
+  }
+  Err(Error::Init(format!(
+    "this process already runs isolates from a snapshot with another read-only heap \
+     ({first:08x}, this one {checksum:08x}); V8 cannot mix them: thaw snapshots of one origin \
+     (kiln's embedded one, or ones this binary baked) per process"
+  )))
 }
 
 /// The `file:` specifier of an existing main module.

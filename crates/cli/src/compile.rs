@@ -70,19 +70,25 @@ pub fn compile(
     source,
   })?;
   let request = kiln::app::AppBake {
-    entry: entry.clone(),
+    entries: vec![entry.clone()],
+    unbaked: Vec::new(),
     root: Some(root),
     mode: kiln::app::EntryMode::Program,
     access: kiln::runtime::ModuleAccess::default(),
     compression_level: kiln::snapshot::bake::DEFAULT_COMPRESSION_LEVEL,
+    entry_timeout: None,
   };
-  let container =
+  let (container, output) =
     kiln::app::bake_in_child(&self_path, &request, BAKE_TIMEOUT).map_err(|source| {
       CompileError::Bake {
         entry: entry.clone(),
         source,
       }
     })?;
+  // What the program's modules printed while they were evaluated.
+  for line in output {
+    eprintln!("{line}");
+  }
   let kiln_len = write_executable(&self_path, &out, &container)?;
   eprintln!(
     "compiled {} -> {} ({} KiB of app on a {} KiB kiln)",

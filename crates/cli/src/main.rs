@@ -36,7 +36,10 @@ enum Command {
   /// Serve every <name>.ts / <name>.js in DIR as a function at /<name>:
   /// its default export's fetch(request) answers HTTP requests, each
   /// instance in its own isolate. Functions load modules only from inside
-  /// DIR. The port opens at once and functions load in the background;
+  /// DIR. Each function's module graph, top level included, is baked into
+  /// a snapshot of its own (cached in --cache-dir) and its instances thaw
+  /// it; one that cannot be baked is served from its modules, with a
+  /// warning. The port opens at once and functions load in the background;
   /// GET /_kiln/ready is 200 once all have loaded (or failed),
   /// /_kiln/health is liveness, /_kiln/metrics Prometheus text.
   /// SIGINT/SIGTERM close idle connections, drain in-flight requests and
@@ -124,6 +127,14 @@ struct ServeArgs {
   /// functions see none of the host's environment otherwise.
   #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
   inherit_env: Vec<String>,
+  /// Where functions' baked snapshots are kept between runs [default:
+  /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
+  #[arg(long, value_name = "DIR")]
+  cache_dir: Option<PathBuf>,
+  /// Load every function's modules in each instance instead of starting
+  /// instances from the function's own snapshot.
+  #[arg(long)]
+  no_snapshot: bool,
   /// Log level (error, warn, info, debug, trace) or a tracing filter
   /// directive; logs go to stderr, one line per request at info.
   #[arg(long, default_value = "info")]
@@ -265,6 +276,14 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
   options.expose_errors = args.expose_errors;
   options.env_file = args.env_file;
   options.inherit_env = args.inherit_env;
+  if !args.no_snapshot {
+    options.snapshots = Some(kiln_host::SnapshotOptions {
+      baker: std::env::current_exe().map_err(|e| format!("cannot find this kiln binary: {e}"))?,
+      cache_dir: args
+        .cache_dir
+        .unwrap_or_else(kiln_host::SnapshotOptions::default_cache_dir),
+    });
+  }
   let tokio = tokio::runtime::Builder::new_multi_thread()
     .enable_all()
     .build()

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use super::cron::HostCronHandler;
 use super::metrics::Metrics;
 use super::metrics::TerminationCause;
+use super::snapshots::StartFrom;
 use kiln::runtime::ModuleAccess;
 use kiln::runtime::Runtime;
 use kiln_extensions::runtime::ExitHook;
@@ -42,6 +43,8 @@ pub(crate) struct InstanceSpec {
   /// Bound on module load and evaluation (top-level code).
   pub start_timeout: Duration,
   pub metrics: Arc<Metrics>,
+  /// The snapshot instances thaw.
+  pub start_from: StartFrom,
 }
 
 /// Why an instance could not start; the message goes to the client (500)
@@ -310,13 +313,16 @@ impl InstanceThread {
       env: kiln::runtime::Env::ReadOnly(self.spec.env.clone()),
       ..Default::default()
     };
-    let mut runtime = match Runtime::builder()
+    let mut builder = Runtime::builder()
       .options(options)
       .max_heap_bytes(self.spec.max_heap_bytes)
       .module_access(self.spec.modules.clone())
-      .cron_handler(cron)
-      .build()
-    {
+      .cron_handler(cron);
+    match &self.spec.start_from {
+      StartFrom::Embedded => {}
+      StartFrom::Base(image) | StartFrom::Function(image) => builder = builder.app(image.clone()),
+    }
+    let mut runtime = match builder.build() {
       Ok(runtime) => runtime,
       Err(e) => {
         let _ = isolate_tx.send(Err(e.to_string()));
@@ -361,10 +367,16 @@ impl InstanceThread {
     }
 
     let started = async {
-      let namespace = runtime
-        .load_main_module(&self.spec.path)
-        .await
-        .map_err(|e| e.to_string())?;
+      let namespace = match &self.spec.start_from {
+        // Baked with its top level: nothing to load or run.
+        StartFrom::Function(_) => match deno_core::ModuleSpecifier::from_file_path(&self.spec.path)
+        {
+          Ok(specifier) => runtime.load_baked_module(&specifier).await,
+          Err(()) => Err(kiln::Error::ModuleNotFound(self.spec.path.clone())),
+        },
+        StartFrom::Embedded | StartFrom::Base(_) => runtime.load_main_module(&self.spec.path).await,
+      }
+      .map_err(|e| e.to_string())?;
       runtime
         .call_host_hook("serve", namespace)
         .await

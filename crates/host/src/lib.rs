@@ -20,6 +20,7 @@ pub mod metrics;
 mod pool;
 pub mod router;
 mod server;
+pub mod snapshots;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -47,6 +48,7 @@ pub use instance::AcquireError;
 pub use instance::StartError;
 pub use metrics::Metrics;
 pub use server::serve;
+pub use snapshots::SnapshotOptions;
 
 use instance::InstanceSpec;
 use kiln::runtime::ModuleAccess;
@@ -100,6 +102,9 @@ pub struct HostOptions {
   /// cron jobs, shows load errors at once). Without it, instances start on
   /// first request.
   pub preload: bool,
+  /// Start functions from their own snapshots (see [`snapshots`]); `None`
+  /// loads their modules in every instance.
+  pub snapshots: Option<SnapshotOptions>,
 }
 
 impl HostOptions {
@@ -121,6 +126,7 @@ impl HostOptions {
       env_file: None,
       inherit_env: Vec::new(),
       preload: true,
+      snapshots: None,
     }
   }
 }
@@ -256,6 +262,21 @@ impl Host {
     if let Some(file) = &options.env_file {
       env::read_into(&mut shared, file)?;
     }
+    let access = ModuleAccess {
+      root: Some(root.clone()),
+      max_bytes: options.max_module_bytes,
+    };
+    let snapshot = options.snapshots.as_ref().map(|snapshots| {
+      Arc::new(snapshots::HostSnapshot::new(
+        found
+          .iter()
+          .map(|(n, p)| (n.to_string(), p.clone()))
+          .collect(),
+        access.clone(),
+        snapshots.clone(),
+        options.timeout,
+      ))
+    });
     let mut functions = BTreeMap::new();
     for (name, path) in found {
       let mut vars = shared.clone();
@@ -267,15 +288,18 @@ impl Host {
         function: name.as_str().into(),
         path,
         env: Arc::new(vars),
-        modules: ModuleAccess {
-          root: Some(root.clone()),
-          max_bytes: options.max_module_bytes,
-        },
+        modules: access.clone(),
         max_heap_bytes: options.max_heap_bytes,
         start_timeout: options.timeout,
         metrics: metrics.clone(),
+        start_from: Default::default(),
       };
-      let pool = FunctionPool::new(spec, options.max_instances, options.preload);
+      let pool = FunctionPool::new(
+        spec,
+        options.max_instances,
+        options.preload,
+        snapshot.clone(),
+      );
       functions.insert(name, Arc::new(pool));
     }
     Ok(Arc::new(Host {

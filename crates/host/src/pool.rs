@@ -22,6 +22,8 @@ use super::instance::Instance;
 use super::instance::InstanceSpec;
 use super::instance::StartError;
 use super::metrics::TerminationCause;
+use super::snapshots::HostSnapshot;
+use super::snapshots::StartFrom;
 
 /// An instance lent to one request; give it back with
 /// [`FunctionPool::release`] or [`FunctionPool::discard`].
@@ -32,6 +34,8 @@ pub(crate) struct Lease {
 
 pub(crate) struct FunctionPool {
   spec: InstanceSpec,
+  /// The host's snapshot, if functions start from one.
+  snapshot: Option<Arc<HostSnapshot>>,
   max_instances: usize,
   permits: Arc<Semaphore>,
   idle: Mutex<Vec<Instance>>,
@@ -46,10 +50,16 @@ pub(crate) struct FunctionPool {
 impl FunctionPool {
   /// A pool; with `preload`, requests wait for [`FunctionPool::preload`]'s
   /// first load to finish.
-  pub(crate) fn new(spec: InstanceSpec, max_instances: usize, preload: bool) -> Self {
+  pub(crate) fn new(
+    spec: InstanceSpec,
+    max_instances: usize,
+    preload: bool,
+    snapshot: Option<Arc<HostSnapshot>>,
+  ) -> Self {
     let max_instances = max_instances.max(1);
     FunctionPool {
       spec,
+      snapshot,
       max_instances,
       permits: Arc::new(Semaphore::new(max_instances)),
       idle: Mutex::new(Vec::new()),
@@ -85,9 +95,20 @@ impl FunctionPool {
     Ok(())
   }
 
+  /// What instances start from (the host's snapshot is baked or read
+  /// from the cache by the first caller; the others wait for it).
+  async fn start_from(&self) -> StartFrom {
+    match &self.snapshot {
+      Some(snapshot) => snapshot.start_from(&self.spec.path).await,
+      None => StartFrom::Embedded,
+    }
+  }
+
   async fn start(self: &Arc<Self>) -> Result<Instance, StartError> {
+    let mut spec = self.spec.clone();
+    spec.start_from = self.start_from().await;
     let owns_cron = !self.cron_owner.swap(true, Ordering::AcqRel);
-    let result = Instance::start(self.spec.clone(), owns_cron).await;
+    let result = Instance::start(spec, owns_cron).await;
     if result.is_err() && owns_cron {
       self.cron_owner.store(false, Ordering::Release);
     }

@@ -13,11 +13,12 @@
 //! ```text
 //! magic       8 bytes  b"KILNAPP1"
 //! snapshot    blob     deno_core's snapshot
-//! entry       string   the entry module's specifier
-//! flags       u8       bit 0: the entry exports `main` and is baked
+//! entries     u64 n, then n × specifier string: the baked entry modules
+//! flags       u8       bit 0: the (one) entry exports `main` and is baked
 //! entry code  string   the entry's JavaScript when it runs at launch (else empty)
 //! modules     u64 n, then n × (specifier string, source SHA-256 32 bytes)
 //! maps        u64 n, then n × (specifier string, source map blob)
+//! unbaked     u64 n, then n × (specifier string, reason string)
 //! ```
 //!
 //! [`SnapshotContainer`]: crate::container::SnapshotContainer
@@ -44,17 +45,21 @@ pub struct BakedModule {
 pub struct AppPayload<'a> {
   /// deno_core's snapshot bytes.
   pub snapshot: &'a [u8],
-  /// The entry module's specifier.
-  pub entry: &'a str,
-  /// The entry exports `main`: it was evaluated at bake, `main()` runs at
-  /// launch.
+  /// The entry modules' specifiers: one program (`kiln compile`), or every
+  /// served function that could be baked.
+  pub entries: Vec<&'a str>,
+  /// The (one) entry exports `main`: it was evaluated at bake, `main()`
+  /// runs at launch.
   pub main: bool,
-  /// The entry's JavaScript, when its body runs at launch.
+  /// The (one) entry's JavaScript, when its body runs at launch.
   pub entry_code: Option<&'a str>,
   /// Every module whose source went into the snapshot (the entry included).
   pub modules: Vec<BakedModule>,
   /// Source maps of transpiled modules, by specifier.
   pub source_maps: Vec<(&'a str, &'a [u8])>,
+  /// Entries left out of the snapshot, with why (they load from their
+  /// modules at run time); their sources count in `modules` too.
+  pub unbaked: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> AppPayload<'a> {
@@ -62,7 +67,10 @@ impl<'a> AppPayload<'a> {
   /// specifier and source hash, in order, and the entry's code.
   pub fn app_hash(&self) -> [u8; 32] {
     let mut hash = Sha256::new();
-    hash.update(self.entry.as_bytes());
+    for entry in &self.entries {
+      hash.update(entry.as_bytes());
+      hash.update([0]);
+    }
     hash.update([u8::from(self.main)]);
     hash.update(self.entry_code.unwrap_or("").as_bytes());
     for module in &self.modules {
@@ -76,7 +84,10 @@ impl<'a> AppPayload<'a> {
     let mut out = Vec::with_capacity(self.snapshot.len() + 4096);
     out.extend_from_slice(APP_MAGIC);
     blob(&mut out, self.snapshot);
-    blob(&mut out, self.entry.as_bytes());
+    out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+    for entry in &self.entries {
+      blob(&mut out, entry.as_bytes());
+    }
     out.push(u8::from(self.main));
     blob(&mut out, self.entry_code.unwrap_or("").as_bytes());
     out.extend_from_slice(&(self.modules.len() as u64).to_le_bytes());
@@ -89,6 +100,11 @@ impl<'a> AppPayload<'a> {
       blob(&mut out, specifier.as_bytes());
       blob(&mut out, map);
     }
+    out.extend_from_slice(&(self.unbaked.len() as u64).to_le_bytes());
+    for (specifier, reason) in &self.unbaked {
+      blob(&mut out, specifier.as_bytes());
+      blob(&mut out, reason.as_bytes());
+    }
     out
   }
 
@@ -98,7 +114,11 @@ impl<'a> AppPayload<'a> {
       return Err(AppPayloadError("bad magic bytes"));
     }
     let snapshot = r.blob()?;
-    let entry = r.str()?;
+    let count = r.count()?;
+    let mut entries = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+      entries.push(r.str()?);
+    }
     let main = r.take(1)?[0] & 1 == 1;
     let entry_code = Some(r.str()?).filter(|_| !main);
     let count = r.count()?;
@@ -117,16 +137,22 @@ impl<'a> AppPayload<'a> {
     for _ in 0..count {
       source_maps.push((r.str()?, r.blob()?));
     }
+    let count = r.count()?;
+    let mut unbaked = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+      unbaked.push((r.str()?, r.str()?));
+    }
     if !r.0.is_empty() {
       return Err(AppPayloadError("trailing bytes"));
     }
     Ok(AppPayload {
       snapshot,
-      entry,
+      entries,
       main,
       entry_code,
       modules,
       source_maps,
+      unbaked,
     })
   }
 }
@@ -176,7 +202,7 @@ mod tests {
   fn sample() -> Vec<u8> {
     AppPayload {
       snapshot: b"heap bytes",
-      entry: "file:///app/main.ts",
+      entries: vec!["file:///app/main.ts"],
       main: false,
       entry_code: Some("import './lib.ts';"),
       modules: vec![BakedModule {
@@ -184,6 +210,7 @@ mod tests {
         source_sha256: source_hash("export const x = 1;"),
       }],
       source_maps: vec![("file:///app/lib.ts", b"{}")],
+      unbaked: vec![("file:///srv/envy.ts", "it read Deno.env")],
     }
     .encode()
   }

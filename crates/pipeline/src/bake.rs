@@ -62,6 +62,14 @@ pub enum BakeError {
   Unbakeable(String),
   #[error("no source for extension file {0} (the binary was built without it)")]
   MissingSource(String),
+  /// A failure while the user module at `index` (of
+  /// [`UserModules::modules`]) was loaded or evaluated.
+  #[error("{source}")]
+  AtModule {
+    index: usize,
+    #[source]
+    source: Box<BakeError>,
+  },
 }
 
 /// A lazily loaded extension source that no baked code consumed: the runtime
@@ -309,15 +317,7 @@ pub fn bake(
   let lazy_files = lazy_files(&extensions);
   let sources = extension_sources(&extensions, cargo_manifest_dir)?;
 
-  // V8 freezes its flags when it initialises: setting them twice aborts.
-  static SET_FLAGS: std::sync::Once = std::sync::Once::new();
-  SET_FLAGS.call_once(|| {
-    deno_core::v8_set_flags(
-      std::iter::once("kiln-bake".to_string())
-        .chain(DETERMINISTIC_V8_FLAGS.iter().map(|f| f.to_string()))
-        .collect(),
-    );
-  });
+  set_bake_flags();
 
   let options = CreateSnapshotOptions {
     cargo_manifest_dir,
@@ -382,6 +382,23 @@ pub fn bake(
     sources,
     duration: start.elapsed(),
   })
+}
+
+/// Sets kiln's bake flags, once per process, before V8 starts. Every bake
+/// must use the same ones: V8 shares one read-only heap between the
+/// isolates of a process, so snapshots whose read-only parts differ (the
+/// hash seed is baked into them) cannot be thawed side by side (a host runs
+/// kiln's snapshot and functions' own snapshots in one process).
+fn set_bake_flags() {
+  // V8 freezes its flags when it initialises: setting them twice aborts.
+  static SET_FLAGS: std::sync::Once = std::sync::Once::new();
+  SET_FLAGS.call_once(|| {
+    deno_core::v8_set_flags(
+      std::iter::once("kiln-bake".to_string())
+        .chain(DETERMINISTIC_V8_FLAGS.iter().map(|f| f.to_string()))
+        .collect(),
+    );
+  });
 }
 
 /// Every extension file with its source text, in registration order.
@@ -470,14 +487,21 @@ pub struct UserModules {
   /// Loaded and evaluated in this order, each as a side module with its
   /// static imports.
   pub modules: Vec<deno_core::ModuleSpecifier>,
+  /// A script run before each module, made from its index.
+  pub before_each: Option<Box<dyn Fn(usize) -> String>>,
+  /// Called before each module is loaded, with its index (e.g. to report
+  /// progress from a bake process, should V8 abort in it).
+  pub on_module: Option<Box<dyn Fn(usize)>>,
+  /// A script run after each module; if it throws, that module fails.
+  pub after_each: Option<String>,
   /// A script run after the last module, before the heap is serialized.
   pub postlude: Option<String>,
+  /// Longest a module's evaluation (top-level await included) may take.
+  pub timeout: Option<Duration>,
 }
 
 /// Bakes `extensions` plus user `modules` into a snapshot container for
-/// `target` (see [`bake`]; the V8 flags are deno_core's snapshot flags, not
-/// kiln's deterministic ones, since this may run in a process that already
-/// started V8). Every lazily loaded extension source goes into the residual
+/// `target` (see [`bake`], whose V8 flags this sets too). Every lazily loaded extension source goes into the residual
 /// table: which ones the user code consumed is not known here.
 pub fn bake_with_modules(
   extensions: Vec<deno_core::Extension>,
@@ -533,7 +557,8 @@ pub fn bake_with_modules(
 
 /// Runs `extensions` (whose sources must be loadable here) and then the user
 /// modules in a snapshotting runtime and returns deno_core's raw snapshot
-/// bytes. Fails, naming the culprit, if a module does not load, throws, or
+/// bytes. It sets kiln's bake flags, so it must run before any other V8
+/// isolate of the process (a process of its own, or a build script). Fails, naming the culprit, if a module does not load, throws, or
 /// leaves a timer, an interval, an open resource or an operation in flight.
 pub fn snapshot_with_modules(
   extensions: Vec<deno_core::Extension>,
@@ -553,6 +578,7 @@ fn snapshot_with_modules_inner(
   use deno_core::stats::RuntimeActivityStats;
   use deno_core::stats::RuntimeActivityStatsFilter;
 
+  set_bake_flags();
   let tokio = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()
@@ -571,16 +597,37 @@ fn snapshot_with_modules_inner(
       .map_err(script_error)?;
   }
   let filter = RuntimeActivityStatsFilter::all();
-  let before = js.runtime_activity_stats_factory().capture(&filter);
-  for specifier in &modules.modules {
-    let module_error = |e: deno_core::error::CoreError| BakeError::Module(e.to_string());
+  for (index, specifier) in modules.modules.iter().enumerate() {
+    let at = |source: BakeError| BakeError::AtModule {
+      index,
+      source: Box::new(source),
+    };
+    let module_error = |e: deno_core::error::CoreError| at(BakeError::Module(e.to_string()));
+    let before = js.runtime_activity_stats_factory().capture(&filter);
+    if let Some(on_module) = &modules.on_module {
+      on_module(index);
+    }
+    if let Some(before_each) = &modules.before_each {
+      js.execute_script("ext:kiln/bake_before_module.js", before_each(index))
+        .map_err(|e| at(script_error(e)))?;
+    }
     let id = tokio
       .block_on(js.load_side_es_module(specifier))
       .map_err(module_error)?;
     let evaluation = js.mod_evaluate(id);
-    tokio
-      .block_on(js.with_event_loop_future(evaluation, Default::default()))
-      .map_err(module_error)?;
+    let evaluated = js.with_event_loop_future(evaluation, Default::default());
+    match modules.timeout {
+      None => tokio.block_on(evaluated).map_err(module_error)?,
+      Some(limit) => tokio
+        .block_on(tokio::time::timeout(limit, evaluated))
+        .map_err(|_| {
+          at(BakeError::Unbakeable(format!(
+            "its top-level evaluation did not finish within {} ms",
+            limit.as_millis()
+          )))
+        })?
+        .map_err(module_error)?,
+    }
     // A module that threw settles its evaluation first and reports the
     // exception on the next turn of the event loop: take that turn.
     tokio
@@ -591,11 +638,15 @@ fn snapshot_with_modules_inner(
         }
       }))
       .map_err(module_error)?;
-  }
-  let after = js.runtime_activity_stats_factory().capture(&filter);
-  let diff = RuntimeActivityStats::diff(&before, &after);
-  if let Some(what) = describe_activity(&diff.appeared) {
-    return Err(BakeError::Unbakeable(what));
+    if let Some(after_each) = &modules.after_each {
+      js.execute_script("ext:kiln/bake_after_module.js", after_each.clone())
+        .map_err(|e| at(script_error(e)))?;
+    }
+    let after = js.runtime_activity_stats_factory().capture(&filter);
+    let diff = RuntimeActivityStats::diff(&before, &after);
+    if let Some(what) = describe_activity(&diff.appeared) {
+      return Err(at(BakeError::Unbakeable(what)));
+    }
   }
   if let Some(postlude) = modules.postlude {
     js.execute_script("ext:kiln/bake_postlude.js", postlude)
