@@ -445,3 +445,66 @@ fn web_crypto_known_answers() {
   let second = launch();
   assert_ne!(first.lines().last(), second.lines().last());
 }
+
+#[test]
+fn code_cache_is_written_reused_and_a_damaged_one_replaced() {
+  let dir = tempfile::tempdir().unwrap();
+  let cache = dir.path().join("cache");
+  let mut source = String::from("const t = {};\n");
+  for i in 0..500 {
+    source.push_str(&format!(
+      "export function f{i}(x) {{ return x * {i} + (t.k{i} ?? 0); }}\n"
+    ));
+  }
+  source.push_str("console.log(f7(2));\n");
+  let module = write(dir.path(), "big.mjs", &source);
+  let run_cached = || {
+    let o = kiln()
+      .arg("run")
+      .arg("--cache-dir")
+      .arg(&cache)
+      .arg(&module)
+      .output()
+      .unwrap();
+    assert_eq!(stdout(&o), "14\n", "stderr: {}", stderr(&o));
+  };
+  let entry = || {
+    let files: Vec<_> = std::fs::read_dir(cache.join("code"))
+      .unwrap()
+      .map(|e| e.unwrap().path())
+      .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let modified = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    (
+      files[0].clone(),
+      modified,
+      std::fs::read(&files[0]).unwrap(),
+    )
+  };
+  run_cached();
+  let (file, written, bytes) = entry();
+  assert!(bytes.starts_with(b"KILNCC01") && bytes.len() > 1000);
+  std::thread::sleep(std::time::Duration::from_millis(20));
+  // Accepted by V8: not written again.
+  run_cached();
+  assert_eq!(entry().1, written);
+  // A damaged entry is ignored and replaced with a good one.
+  let mut damaged = bytes.clone();
+  let middle = damaged.len() / 2;
+  damaged[middle] ^= 0xff;
+  std::fs::write(&file, &damaged).unwrap();
+  run_cached();
+  let (_, _, replaced) = entry();
+  assert_ne!(replaced, damaged);
+  assert!(replaced.starts_with(b"KILNCC01"));
+  // --no-code-cache writes nothing.
+  let other = dir.path().join("other");
+  let o = kiln()
+    .args(["run", "--no-code-cache", "--cache-dir"])
+    .arg(&other)
+    .arg(&module)
+    .output()
+    .unwrap();
+  assert!(o.status.success());
+  assert!(!other.exists());
+}

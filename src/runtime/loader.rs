@@ -32,9 +32,11 @@ use deno_core::ModuleSpecifier;
 use deno_core::ModuleType;
 use deno_core::RequestedModuleType;
 use deno_core::ResolutionKind;
+use deno_core::SourceCodeCacheInfo;
 use deno_core::error::ModuleLoaderError;
 use deno_error::JsErrorBox;
 
+use super::code_cache::CodeCache;
 use kiln_pipeline::transpile;
 use kiln_pipeline::transpile::TranspileError;
 
@@ -90,6 +92,8 @@ pub struct FsModuleLoader {
   relocation: Option<Relocation>,
   /// Every module read from a file, with the hash of its text (for bakes).
   loaded: RefCell<Vec<(String, [u8; 32])>>,
+  /// Where V8 code caches of loaded modules are kept, if anywhere.
+  code_cache: Option<CodeCache>,
 }
 
 /// Modules whose specifiers start with `base` are read from `root`.
@@ -180,6 +184,19 @@ impl ModuleLoader for FsModuleLoader {
     ))
   }
 
+  fn code_cache_ready(
+    &self,
+    specifier: ModuleSpecifier,
+    hash: u64,
+    code_cache: &[u8],
+  ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    // New or rejected: V8 compiled the module and made this cache.
+    if let Some(cache) = &self.code_cache {
+      cache.put(specifier.as_str(), hash, code_cache);
+    }
+    Box::pin(std::future::ready(()))
+  }
+
   fn get_source_map(&self, specifier: &str) -> Option<Cow<'_, [u8]>> {
     self
       .source_maps
@@ -210,6 +227,12 @@ impl FsModuleLoader {
       .source_maps
       .borrow_mut()
       .insert(specifier.to_string(), map);
+    self
+  }
+
+  /// Keeps V8 code caches of the JavaScript modules it loads in `cache`.
+  pub fn with_code_cache(mut self, cache: Option<CodeCache>) -> Self {
+    self.code_cache = cache;
     self
   }
 
@@ -364,11 +387,21 @@ impl FsModuleLoader {
         (ModuleType::Json, source)
       }
     };
+    let code_cache = match (&self.code_cache, &module_type) {
+      (Some(cache), ModuleType::JavaScript) => {
+        let key = CodeCache::key(&code);
+        Some(SourceCodeCacheInfo {
+          hash: key,
+          data: cache.get(specifier.as_str(), key).map(Cow::Owned),
+        })
+      }
+      _ => None,
+    };
     Ok(ModuleSource::new(
       module_type,
       ModuleSourceCode::String(code.into()),
       specifier,
-      None,
+      code_cache,
     ))
   }
 }

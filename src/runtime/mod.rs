@@ -6,6 +6,7 @@
 //! extension code at start-up: that happened at bake time.
 
 mod allocator;
+mod code_cache;
 pub(crate) mod loader;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use deno_core::error::CoreErrorKind;
 use deno_core::error::JsError;
 use deno_core::v8;
 
+pub use code_cache::CodeCache;
 pub use loader::DEFAULT_MAX_MODULE_BYTES;
 pub use loader::FsModuleLoader;
 pub use loader::JAVASCRIPT_EXTENSIONS;
@@ -91,6 +93,9 @@ pub struct RuntimeOptions {
   pub stop_on_closed_stdout: bool,
   /// What `Deno.env` holds (default: nothing, read-only).
   pub env: Env,
+  /// Keep V8 code caches of loaded modules here (`<dir>/code/`), so a
+  /// module's next load skips compiling it (default: none).
+  pub code_cache_dir: Option<PathBuf>,
 }
 
 /// A JS runtime thawed from kiln's snapshot.
@@ -111,6 +116,19 @@ pub struct Runtime {
   /// The app this runtime was thawed with, if any.
   #[cfg(feature = "embedded-snapshot")]
   app: Option<crate::app::AppImage>,
+}
+
+/// kiln's cache directory: `$XDG_CACHE_HOME/kiln`, else `$HOME/.cache/kiln`,
+/// else one in the temporary directory.
+pub fn default_cache_dir() -> PathBuf {
+  let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+  if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+    return PathBuf::from(dir).join("kiln");
+  }
+  if let Some(home) = non_empty("HOME") {
+    return PathBuf::from(home).join(".cache").join("kiln");
+  }
+  std::env::temp_dir().join("kiln-cache")
 }
 
 /// The manifest of the extension list this binary runs with.
@@ -385,6 +403,7 @@ impl Runtime {
     create_params: Option<v8::CreateParams>,
     loader: FsModuleLoader,
   ) -> Result<Self, Error> {
+    let loader = loader.with_code_cache(options.code_cache_dir.as_deref().map(CodeCache::new));
     let ext_options = ExtensionOptions {
       runtime: extensions::RuntimeConfig {
         args: options.args,
@@ -665,7 +684,6 @@ impl Runtime {
     let specifier = main_specifier(path)?;
     self.run_specifier(&specifier).await
   }
-
 }
 
 /// The checksum of the read-only heap a V8 snapshot was made with (V8's

@@ -199,6 +199,7 @@ pub fn run_compiled(
       args,
       stop_on_closed_stdout: true,
       env: kiln::runtime::Env::Process,
+      code_cache_dir: None,
     };
     let mut runtime = kiln::Runtime::builder()
       .app(image)

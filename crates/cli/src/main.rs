@@ -27,6 +27,13 @@ enum Command {
   /// Run a module (.ts, .mts, .js, .mjs); the rest of the arguments become
   /// `Deno.args`. Exits 1 on an uncaught error, or with `Deno.exit(code)`.
   Run {
+    /// Where V8 code caches of the modules are kept, so the next run skips
+    /// compiling them [default: $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Keep no code cache.
+    #[arg(long)]
+    no_code_cache: bool,
     /// The module to run.
     file: PathBuf,
     /// Arguments passed to the program as `Deno.args`.
@@ -127,7 +134,8 @@ struct ServeArgs {
   /// functions see none of the host's environment otherwise.
   #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
   inherit_env: Vec<String>,
-  /// Where functions' baked snapshots are kept between runs [default:
+  /// Where the baked snapshot of the functions and V8 code caches of
+  /// modules loaded at run time are kept between runs [default:
   /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln].
   #[arg(long, value_name = "DIR")]
   cache_dir: Option<PathBuf>,
@@ -171,7 +179,16 @@ fn main() -> ExitCode {
     kiln::runtime::prefetch_snapshot();
   }
   let result = match cli.command {
-    Command::Run { file, args } => run(file, args).map_err(Into::into),
+    Command::Run {
+      file,
+      args,
+      cache_dir,
+      no_code_cache,
+    } => {
+      let code_cache_dir =
+        (!no_code_cache).then(|| cache_dir.unwrap_or_else(kiln::runtime::default_cache_dir));
+      run(file, args, code_cache_dir).map_err(Into::into)
+    }
     Command::Serve(args) => serve(args),
     Command::Compile {
       entry,
@@ -221,7 +238,11 @@ fn die_of_sigpipe() -> ExitCode {
   ExitCode::from(141)
 }
 
-fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
+fn run(
+  file: PathBuf,
+  args: Vec<String>,
+  code_cache_dir: Option<PathBuf>,
+) -> Result<i32, kiln::Error> {
   let tokio = tokio::runtime::Builder::new_current_thread()
     .enable_all()
     .build()
@@ -233,6 +254,7 @@ fn run(file: PathBuf, args: Vec<String>) -> Result<i32, kiln::Error> {
       args,
       stop_on_closed_stdout: true,
       env: kiln::runtime::Env::Process,
+      code_cache_dir,
     };
     let mut runtime = kiln::Runtime::new(options)?;
     let result = runtime.run_main_module(&file).await;
@@ -276,14 +298,16 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
   options.expose_errors = args.expose_errors;
   options.env_file = args.env_file;
   options.inherit_env = args.inherit_env;
+  let cache_dir = args
+    .cache_dir
+    .unwrap_or_else(kiln::runtime::default_cache_dir);
   if !args.no_snapshot {
     options.snapshots = Some(kiln_host::SnapshotOptions {
       baker: std::env::current_exe().map_err(|e| format!("cannot find this kiln binary: {e}"))?,
-      cache_dir: args
-        .cache_dir
-        .unwrap_or_else(kiln_host::SnapshotOptions::default_cache_dir),
+      cache_dir: cache_dir.clone(),
     });
   }
+  options.code_cache_dir = Some(cache_dir);
   let tokio = tokio::runtime::Builder::new_multi_thread()
     .enable_all()
     .build()

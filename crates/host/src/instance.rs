@@ -45,6 +45,8 @@ pub(crate) struct InstanceSpec {
   pub metrics: Arc<Metrics>,
   /// The snapshot instances thaw.
   pub start_from: StartFrom,
+  /// Where V8 code caches of loaded modules go.
+  pub code_cache_dir: Option<PathBuf>,
 }
 
 /// Why an instance could not start; the message goes to the client (500)
@@ -311,6 +313,7 @@ impl InstanceThread {
     );
     let options = kiln::RuntimeOptions {
       env: kiln::runtime::Env::ReadOnly(self.spec.env.clone()),
+      code_cache_dir: self.spec.code_cache_dir.clone(),
       ..Default::default()
     };
     let mut builder = Runtime::builder()

@@ -102,9 +102,12 @@ pub struct HostOptions {
   /// cron jobs, shows load errors at once). Without it, instances start on
   /// first request.
   pub preload: bool,
-  /// Start functions from their own snapshots (see [`snapshots`]); `None`
+  /// Start functions from a baked snapshot (see [`snapshots`]); `None`
   /// loads their modules in every instance.
   pub snapshots: Option<SnapshotOptions>,
+  /// Keep V8 code caches of the modules instances load (functions that
+  /// are not baked) in `<dir>/code/`.
+  pub code_cache_dir: Option<PathBuf>,
 }
 
 impl HostOptions {
@@ -127,6 +130,7 @@ impl HostOptions {
       inherit_env: Vec::new(),
       preload: true,
       snapshots: None,
+      code_cache_dir: None,
     }
   }
 }
@@ -293,6 +297,7 @@ impl Host {
         start_timeout: options.timeout,
         metrics: metrics.clone(),
         start_from: Default::default(),
+        code_cache_dir: options.code_cache_dir.clone(),
       };
       let pool = FunctionPool::new(
         spec,

@@ -33,21 +33,6 @@ pub struct SnapshotOptions {
   pub cache_dir: PathBuf,
 }
 
-impl SnapshotOptions {
-  /// The default cache directory: `$XDG_CACHE_HOME/kiln`, else
-  /// `$HOME/.cache/kiln`, else one in the temporary directory.
-  pub fn default_cache_dir() -> PathBuf {
-    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
-      return PathBuf::from(dir).join("kiln");
-    }
-    if let Some(home) = non_empty("HOME") {
-      return PathBuf::from(home).join(".cache").join("kiln");
-    }
-    std::env::temp_dir().join("kiln-cache")
-  }
-}
-
 /// zstd level of function snapshots: they are written at start-up, where
 /// a fast level matters more than the last few percent of size.
 const COMPRESSION_LEVEL: i32 = 3;
