@@ -637,7 +637,8 @@ async fn cron_jobs_run_in_the_function_and_show_in_metrics() {
   "#;
   let server = Server::start(
     &[("ticker.ts", ticker)],
-    &["--max-instances", "3"],
+    // One instance (the cron owner) answers every request.
+    &["--max-instances", "3", "--warm-instances", "0"],
     &[("KILN_CRON_TEST_SCHEDULE_OFFSET", "50")],
   );
   let deadline = Instant::now() + Duration::from_secs(10);
@@ -721,6 +722,42 @@ async fn functions_can_fetch_over_loopback() {
 }
 
 #[tokio::test]
+async fn a_taken_warm_instance_is_replaced_and_warm_ones_outlive_the_idle_timeout() {
+  let server = Server::start(
+    &[("hello.ts", HELLO)],
+    &["--idle-timeout", "200ms", "--max-instances", "4"],
+    &[],
+  );
+  let starts = |metrics: &str| {
+    metric(
+      metrics,
+      r#"kiln_instance_starts_total{function="hello",result="ok"}"#,
+    )
+  };
+  // The warm instance started with the host serves the first request ...
+  let deadline = Instant::now() + Duration::from_secs(20);
+  while starts(&server.metrics().await) < 1.0 {
+    assert!(Instant::now() < deadline, "{}", server.stderr());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+  }
+  assert_eq!(server.get("/hello").await.0, StatusCode::OK);
+  // ... and another one is started in the background to replace it.
+  while starts(&server.metrics().await) < 2.0 {
+    assert!(Instant::now() < deadline, "{}", server.metrics().await);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+  }
+  // Past the idle timeout, one warm instance stays.
+  tokio::time::sleep(Duration::from_millis(800)).await;
+  let metrics = server.metrics().await;
+  assert_eq!(
+    metric(&metrics, r#"kiln_instances{function="hello"}"#),
+    1.0,
+    "{metrics}"
+  );
+  assert_eq!(starts(&metrics), 2.0, "{metrics}");
+}
+
+#[tokio::test]
 async fn idle_instances_are_evicted_and_restarted_on_demand() {
   let cron = r#"
     Deno.cron("keep", "0 0 1 1 *", () => {});
@@ -728,7 +765,7 @@ async fn idle_instances_are_evicted_and_restarted_on_demand() {
   "#;
   let server = Server::start(
     &[("hello.ts", HELLO), ("cron.ts", cron)],
-    &["--idle-timeout", "200ms"],
+    &["--idle-timeout", "200ms", "--warm-instances", "0"],
     &[],
   );
   assert_eq!(server.get("/hello").await.0, StatusCode::OK);

@@ -88,7 +88,13 @@ struct ServeArgs {
   /// Isolate instances per function [default: number of cores].
   #[arg(long)]
   max_instances: Option<usize>,
-  /// Stop an instance after it has been idle this long (e.g. 90s, 5m).
+  /// Idle instances each function keeps thawed and ready beyond those
+  /// serving (within --max-instances), so a request does not wait for one
+  /// to start; a taken one is replaced in the background.
+  #[arg(long, default_value_t = 1)]
+  warm_instances: usize,
+  /// Stop an instance after it has been idle this long (e.g. 90s, 5m);
+  /// the warm ones stay.
   #[arg(long, default_value = "5m", value_parser = duration::parse_duration)]
   idle_timeout: Duration,
   /// V8 heap limit per instance, in MiB (at least 16); an instance that
@@ -284,6 +290,7 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
     options.max_instances = n;
   }
   options.idle_timeout = args.idle_timeout;
+  options.warm_instances = args.warm_instances;
   options.max_heap_bytes = args.max_heap_mb.saturating_mul(1 << 20);
   options.timeout = Duration::from_millis(args.timeout_ms.max(1));
   options.max_body_bytes = args.max_body_bytes;

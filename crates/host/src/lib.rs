@@ -69,6 +69,10 @@ pub struct HostOptions {
   pub dir: PathBuf,
   /// Instances per function.
   pub max_instances: usize,
+  /// Idle instances each function keeps thawed and ready beyond those
+  /// serving (within `max_instances`); a taken one is replaced in the
+  /// background.
+  pub warm_instances: usize,
   /// An instance idle this long is stopped.
   pub idle_timeout: Duration,
   /// V8 heap cap per instance.
@@ -116,6 +120,7 @@ impl HostOptions {
     HostOptions {
       dir: dir.into(),
       max_instances: std::thread::available_parallelism().map_or(2, |n| n.get()),
+      warm_instances: 1,
       idle_timeout: Duration::from_secs(300),
       max_heap_bytes: 128 << 20,
       timeout: Duration::from_secs(30),
@@ -302,6 +307,7 @@ impl Host {
       let pool = FunctionPool::new(
         spec,
         options.max_instances,
+        options.warm_instances,
         options.preload,
         snapshot.clone(),
       );
@@ -360,19 +366,19 @@ impl Host {
         ticker.tick().await;
         let Some(host) = host.upgrade() else { return };
         for pool in host.functions.values() {
-          pool.evict_idle(host.options.idle_timeout);
+          pool.evict_idle(host.options.idle_timeout, true);
         }
       }
     });
   }
 
-  /// Stops the idle instances of `function` now (benchmarks use it to get a
-  /// cold start); cron owners with jobs stay. Returns false for an unknown
+  /// Stops the idle instances of `function` now, warm ones included
+  /// (benchmarks use it to get a cold start); cron owners with jobs stay. Returns false for an unknown
   /// function.
   pub fn evict(&self, function: &str) -> bool {
     match self.functions.get(function) {
       Some(pool) => {
-        pool.evict_idle(Duration::ZERO);
+        pool.evict_idle(Duration::ZERO, false);
         true
       }
       None => false,

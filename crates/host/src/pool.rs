@@ -34,6 +34,10 @@ pub(crate) struct Lease {
 
 pub(crate) struct FunctionPool {
   spec: InstanceSpec,
+  /// Idle instances kept ready beyond those serving.
+  warm: usize,
+  /// A background start of warm instances is under way.
+  warming: AtomicBool,
   /// The host's snapshot, if functions start from one.
   snapshot: Option<Arc<HostSnapshot>>,
   max_instances: usize,
@@ -53,12 +57,15 @@ impl FunctionPool {
   pub(crate) fn new(
     spec: InstanceSpec,
     max_instances: usize,
+    warm: usize,
     preload: bool,
     snapshot: Option<Arc<HostSnapshot>>,
   ) -> Self {
     let max_instances = max_instances.max(1);
     FunctionPool {
       spec,
+      warm,
+      warming: AtomicBool::new(false),
       snapshot,
       max_instances,
       permits: Arc::new(Semaphore::new(max_instances)),
@@ -82,7 +89,39 @@ impl FunctionPool {
   pub(crate) async fn preload(self: &Arc<Self>) -> Result<(), StartError> {
     let result = self.start_idle().await;
     self.loaded.send_replace(true);
+    if result.is_ok() {
+      self.keep_warm();
+    }
     result
+  }
+
+  /// Starts instances in the background until `warm` of them are idle
+  /// (never more than `max_instances` in all), so a request finds one
+  /// thawed and ready instead of waiting for a thread, an isolate and its
+  /// start.
+  pub(crate) fn keep_warm(self: &Arc<Self>) {
+    if self.warm == 0
+      || self.closed.load(Ordering::Acquire)
+      || self.warming.swap(true, Ordering::AcqRel)
+    {
+      return;
+    }
+    let pool = self.clone();
+    tokio::spawn(async move {
+      while pool.needs_warm_instance() {
+        if let Err(e) = pool.start_idle().await {
+          tracing::warn!(function = %pool.spec.function, "cannot start a warm instance: {e}");
+          break;
+        }
+      }
+      pool.warming.store(false, Ordering::Release);
+    });
+  }
+
+  fn needs_warm_instance(&self) -> bool {
+    let idle = self.idle().iter().filter(|i| i.is_alive()).count();
+    let busy = self.max_instances - self.permits.available_permits();
+    !self.closed.load(Ordering::Acquire) && idle < self.warm && idle + busy < self.max_instances
   }
 
   async fn start_idle(self: &Arc<Self>) -> Result<(), StartError> {
@@ -142,6 +181,8 @@ impl FunctionPool {
       let candidate = self.idle().pop();
       match candidate {
         Some(instance) if instance.is_alive() => {
+          // A warm instance was taken: replace it.
+          self.keep_warm();
           return Ok(Lease {
             instance,
             _permit: permit,
@@ -152,6 +193,7 @@ impl FunctionPool {
       }
     }
     let instance = self.start().await?;
+    self.keep_warm();
     Ok(Lease {
       instance,
       _permit: permit,
@@ -208,15 +250,19 @@ impl FunctionPool {
   }
 
   /// Evicts instances idle for longer than `idle_timeout`, except a cron
-  /// owner with live jobs.
-  pub(crate) fn evict_idle(self: &Arc<Self>, idle_timeout: Duration) {
+  /// owner with live jobs and (with `keep_warm`) the warm ones.
+  pub(crate) fn evict_idle(self: &Arc<Self>, idle_timeout: Duration, keep_warm: bool) {
     let evicted: Vec<Instance> = {
       let mut idle = self.idle();
-      let (stale, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|i| {
-        !i.is_alive() || (i.last_used.elapsed() >= idle_timeout && !i.runs_cron_jobs())
+      // The most recently used come last; the `warm` newest stay.
+      let warm = if keep_warm { self.warm } else { 0 };
+      let warm_from = idle.len().saturating_sub(warm);
+      let (stale, keep): (Vec<_>, Vec<_>) = idle.drain(..).enumerate().partition(|(n, i)| {
+        !i.is_alive()
+          || (*n < warm_from && i.last_used.elapsed() >= idle_timeout && !i.runs_cron_jobs())
       });
-      *idle = keep;
-      stale
+      *idle = keep.into_iter().map(|(_, i)| i).collect();
+      stale.into_iter().map(|(_, i)| i).collect()
     };
     for instance in evicted {
       if instance.is_alive() {
