@@ -28,12 +28,8 @@ use crate::snapshot::container::SnapshotContainer;
 use kiln_pipeline::app::AppPayload;
 use kiln_pipeline::app::BakedModule;
 use kiln_pipeline::bake::BakeError;
-use kiln_pipeline::bake::UserModules;
 
-/// The URL a relocated app's root directory is named by: a module
-/// `<root>/lib/util.ts` is baked as `file:///app/lib/util.ts`, wherever the
-/// app was compiled.
-pub const APP_BASE: &str = "file:///app/";
+pub use crate::runtime::APP_BASE;
 
 /// Where the app's modules run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,36 +203,21 @@ pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
     crate::snapshot::load::EXTENSION_SOURCES,
   )?;
   // Cron jobs are recorded under the entry whose modules declared them.
-  let tags: Vec<String> = entries
-    .iter()
-    .map(|e| serde_json::to_string(e.as_str()).unwrap_or_default())
-    .collect();
-  let snapshot = kiln_pipeline::bake::snapshot_with_modules(
-    extensions,
-    UserModules {
-      loader: loader.clone(),
-      prelude: Some("globalThis.__kilnBakeBegin();".into()),
-      modules,
-      before_each: Some(Box::new(move |i| {
-        format!("globalThis.__kilnBakeEntryBegin({});", tags[i])
-      })),
-      on_module: Some(Box::new(|i| eprintln!("{ENTRY_STARTED} {i}"))),
-      after_each: Some("globalThis.__kilnBakeEntryEnd();".into()),
-      postlude: Some("globalThis.__kilnBakeEnd();".into()),
-      timeout: request.entry_timeout,
-    },
-  )
-  .map_err(|e| match e {
-    BakeError::AtModule { index, source } => {
-      let mut message = source.to_string();
-      // Name the entry, not the module of its imports.
-      if let (Some(imports), Some(entry)) = (&imports_module, entries.first()) {
-        message = message.replace(imports.as_str(), entry.as_str());
+  let mut user = crate::runtime::user_modules_for(loader.clone(), modules, &entries);
+  user.on_module = Some(Box::new(|i| eprintln!("{ENTRY_STARTED} {i}")));
+  user.timeout = request.entry_timeout;
+  let snapshot =
+    kiln_pipeline::bake::snapshot_with_modules(extensions, user).map_err(|e| match e {
+      BakeError::AtModule { index, source } => {
+        let mut message = source.to_string();
+        // Name the entry, not the module of its imports.
+        if let (Some(imports), Some(entry)) = (&imports_module, entries.first()) {
+          message = message.replace(imports.as_str(), entry.as_str());
+        }
+        AppError::Entry { index, message }
       }
-      AppError::Entry { index, message }
-    }
-    e => AppError::Bake(e),
-  })?;
+      e => AppError::Bake(e),
+    })?;
 
   let mut baked: Vec<BakedModule> = loader
     .loaded_modules()

@@ -15,7 +15,6 @@ use std::rc::Rc;
 
 use deno_core::Extension;
 use deno_core::JsRuntime;
-use deno_core::ModuleSpecifier;
 use deno_core::PollEventLoopOptions;
 use deno_core::error::CoreError;
 use deno_core::error::CoreErrorKind;
@@ -28,6 +27,8 @@ pub use loader::FsModuleLoader;
 pub use loader::JAVASCRIPT_EXTENSIONS;
 pub use loader::ModuleAccess;
 pub use loader::Relocation;
+
+pub use deno_core::ModuleSpecifier;
 
 pub use crate::extensions::runtime::Env;
 
@@ -116,6 +117,52 @@ pub struct Runtime {
   /// The app this runtime was thawed with, if any.
   #[cfg(feature = "embedded-snapshot")]
   app: Option<crate::app::AppImage>,
+}
+
+/// The URL a relocated app's root directory is named by: a module
+/// `<root>/lib/util.ts` is baked as `file:///app/lib/util.ts`, wherever the
+/// app was compiled.
+pub const APP_BASE: &str = "file:///app/";
+
+/// User modules for [`kiln_pipeline::bake::Baker::modules`] (or
+/// [`kiln_pipeline::bake::snapshot_with_modules`]), evaluated at bake as
+/// kiln expects: they see the public `Deno` namespace (no arguments, no
+/// environment) and a console, their top-level `Deno.cron` jobs are
+/// recorded and start when [`Runtime::baked_module`] takes the module, and
+/// reading `Deno.env` or using Web Crypto while baking fails the bake.
+/// Name modules with a [`Relocation`] in `loader` so the snapshot does not
+/// carry the build machine's paths.
+pub fn user_modules(
+  loader: std::rc::Rc<dyn deno_core::ModuleLoader>,
+  modules: Vec<ModuleSpecifier>,
+) -> kiln_pipeline::bake::UserModules {
+  let entries = modules.clone();
+  user_modules_for(loader, modules, &entries)
+}
+
+/// [`user_modules`] where the cron jobs of `modules[i]` (and what it
+/// imports) belong to `entries[i]`.
+pub(crate) fn user_modules_for(
+  loader: std::rc::Rc<dyn deno_core::ModuleLoader>,
+  modules: Vec<ModuleSpecifier>,
+  entries: &[ModuleSpecifier],
+) -> kiln_pipeline::bake::UserModules {
+  let tags: Vec<String> = entries
+    .iter()
+    .map(|m| serde_json::to_string(m.as_str()).unwrap_or_default())
+    .collect();
+  kiln_pipeline::bake::UserModules {
+    loader,
+    prelude: Some("globalThis.__kilnBakeBegin();".into()),
+    modules,
+    before_each: Some(Box::new(move |i| {
+      format!("globalThis.__kilnBakeEntryBegin({});", tags[i])
+    })),
+    on_module: None,
+    after_each: Some("globalThis.__kilnBakeEntryEnd();".into()),
+    postlude: Some("globalThis.__kilnBakeEnd();".into()),
+    timeout: None,
+  }
 }
 
 /// kiln's cache directory: `$XDG_CACHE_HOME/kiln`, else `$HOME/.cache/kiln`,
@@ -622,13 +669,23 @@ impl Runtime {
         "{entry} is not baked into this runtime's snapshot"
       )));
     }
-    let namespace = self.baked_namespace(entry).await?;
-    self.start_baked_jobs(entry).await?;
+    self.baked_module(entry).await
+  }
+
+  /// The namespace of `specifier`, a module baked into this runtime's
+  /// snapshot (see [`user_modules`]), and the start of the `Deno.cron`
+  /// jobs its top level declared. A module that is not baked is loaded and
+  /// evaluated like any side module.
+  pub async fn baked_module(
+    &mut self,
+    specifier: &ModuleSpecifier,
+  ) -> Result<v8::Global<v8::Object>, Error> {
+    let namespace = self.baked_namespace(specifier).await?;
+    self.start_baked_jobs(specifier).await?;
     Ok(namespace)
   }
 
   /// Starts the cron jobs `entry`'s modules declared while they were baked.
-  #[cfg(feature = "embedded-snapshot")]
   async fn start_baked_jobs(&mut self, entry: &ModuleSpecifier) -> Result<(), Error> {
     let arg = {
       deno_core::scope!(scope, &mut self.js);
@@ -638,7 +695,6 @@ impl Runtime {
     self.call_host_hook_with("startBakedJobs", arg).await
   }
 
-  #[cfg(feature = "embedded-snapshot")]
   async fn baked_namespace(
     &mut self,
     entry: &ModuleSpecifier,
@@ -649,6 +705,13 @@ impl Runtime {
       .load_side_es_module(entry)
       .await
       .map_err(load_error)?;
+    // Evaluated at bake already; evaluates one that was not baked.
+    let evaluation = self.js.mod_evaluate(id);
+    self
+      .js
+      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
+      .await
+      .map_err(classify)?;
     self.js.get_module_namespace(id).map_err(classify)
   }
 

@@ -34,6 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.run_event_loop().await?;
     println!("counters closed: {}", closed.0.get());
 
+    // The application baked by build.rs: evaluated at build time, taken
+    // from the snapshot now (nothing is read, parsed or run).
+    let app = kiln::runtime::ModuleSpecifier::parse("file:///app/app.ts")?;
+    runtime.baked_module(&app).await?;
+    let answer = runtime.execute_script("`${app.size} entries, k12 = ${app.lookup('k12')}`")?;
+    println!("baked app: {answer}");
+
     // The same snapshot without the extension it was baked with is refused.
     match kiln::Runtime::builder().snapshot(SNAPSHOT).build() {
       Ok(_) => println!("fingerprint check: MISSING"),

@@ -34,6 +34,10 @@ fn the_example_bakes_and_runs_its_own_extension() {
   assert!(stdout.contains("async op: done\n"), "{stdout}");
   assert!(stdout.contains("counters closed: 1\n"), "{stdout}");
   assert!(
+    stdout.contains("baked app: 1000 entries, k12 = 144\n"),
+    "{stdout}"
+  );
+  assert!(
     stdout.contains("without embed_ext: snapshot fingerprint mismatch: baked for"),
     "{stdout}"
   );
