@@ -97,6 +97,8 @@ fn serve(c: &mut Criterion) {
   // Instances start on first request; nothing is evicted behind our back.
   options.preload = false;
   options.max_instances = 2;
+  // Cold means cold: no instance is started ahead of a request.
+  options.warm_instances = 0;
   options.idle_timeout = Duration::from_secs(3600);
   let (host, addr) = tokio.block_on(async {
     let host = Host::new(options).expect("host");

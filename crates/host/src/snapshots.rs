@@ -6,8 +6,8 @@
 //! functions, because V8 keeps one read-only heap per process and each
 //! snapshot has its own.
 //!
-//! The baked snapshot is cached on disk, keyed by kiln's fingerprint and
-//! the functions' paths, and used only while every source it baked hashes
+//! The baked snapshot is cached on disk, keyed by this kiln (its
+//! fingerprint and embedded snapshot) and the functions' paths, and used only while every source it baked hashes
 //! the same: a restart reuses it, an edit re-bakes. A function that cannot
 //! be baked is left out (the others are baked again without it) and served
 //! from its modules, with one warning naming the cause.
@@ -199,10 +199,12 @@ impl HostSnapshot {
   }
 }
 
-/// `<cache_dir>/functions/<hash of kiln's fingerprint and the paths>.app`.
+/// `<cache_dir>/functions/<hash of this kiln and the paths>.app`.
 fn cache_file(cache_dir: &Path, paths: &[&Path]) -> PathBuf {
   let mut hash = sha2::Sha256::new();
   hash.update(kiln::runtime::expected_manifest().fingerprint());
+  // The glue may change without the op list: the embedded snapshot covers it.
+  hash.update(sha2::Sha256::digest(kiln::snapshot::load::EMBEDDED_SNAPSHOT));
   for path in paths {
     hash.update(path.as_os_str().as_encoded_bytes());
     hash.update([0]);

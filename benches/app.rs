@@ -1,0 +1,260 @@
+//! User code at start-up (#12), release binaries, one run:
+//!
+//! - `app/*`: a process running the generated ~1 MB app (see `fixture.rs`)
+//!   to exit: the `kiln compile`d executable, `kiln run` without and with a
+//!   warm code cache, `deno run` with its (warm) code cache, `node`;
+//! - `app_serve/*`: `kiln serve` in process with functions started from the
+//!   baked snapshot: the first request to an instance that has not started
+//!   (no warm instance) and the first request that finds a warm one, for
+//!   `hello.ts` and for a function importing the 1 MB app.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::Criterion;
+use criterion::criterion_group;
+use criterion::criterion_main;
+use http_body_util::BodyExt;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use kiln_host::Host;
+use kiln_host::HostOptions;
+
+mod fixture;
+
+fn on_path(name: &str) -> Option<PathBuf> {
+  std::env::var_os("PATH").and_then(|paths| {
+    std::env::split_paths(&paths)
+      .map(|dir| dir.join(name))
+      .find(|p| p.is_file())
+  })
+}
+
+fn run_ok(cmd: &mut Command) {
+  let out = cmd.stderr(Stdio::piped()).output().expect("spawn");
+  assert!(
+    out.status.success() && !out.stdout.is_empty(),
+    "{cmd:?} failed: {}",
+    String::from_utf8_lossy(&out.stderr)
+  );
+}
+
+const MAIN: &str = "import { checksum } from \"./lib.mjs\";\nconsole.log(checksum());\n";
+
+fn app(c: &mut Criterion) {
+  let dir = tempfile::tempdir().expect("tempdir");
+  let src = dir.path().join("app");
+  let size = fixture::write(&src);
+  eprintln!(
+    "app fixture: {} modules, {} KiB",
+    fixture::MODULES + 1,
+    size / 1024
+  );
+  let main = src.join("main.mjs");
+  std::fs::write(&main, MAIN).expect("write main");
+  let kiln = Path::new(env!("CARGO_BIN_EXE_kiln"));
+  let exe = dir.path().join("app-compiled");
+  let status = Command::new(kiln)
+    .arg("compile")
+    .arg(&main)
+    .arg("-o")
+    .arg(&exe)
+    .status()
+    .expect("spawn kiln compile");
+  assert!(status.success(), "kiln compile failed");
+  let code_cache = dir.path().join("kiln-cache");
+  // Warm every cache once, outside the timing.
+  run_ok(Command::new(&exe));
+  run_ok(
+    Command::new(kiln)
+      .arg("run")
+      .arg("--cache-dir")
+      .arg(&code_cache)
+      .arg(&main),
+  );
+  let deno_dir = dir.path().join("deno_dir");
+  let deno = on_path("deno");
+  let deno_cmd = |deno: &Path| {
+    let mut cmd = Command::new(deno);
+    cmd
+      .env("DENO_DIR", &deno_dir)
+      .env("DENO_NO_UPDATE_CHECK", "1")
+      .args(["run", "--quiet"])
+      .arg(&main);
+    cmd
+  };
+  if let Some(deno) = &deno {
+    run_ok(&mut deno_cmd(deno));
+  }
+
+  let mut g = c.benchmark_group("app");
+  g.sample_size(30);
+  g.measurement_time(Duration::from_secs(8));
+  g.bench_function("compiled", |b| b.iter(|| run_ok(&mut Command::new(&exe))));
+  g.bench_function("kiln_run_no_code_cache", |b| {
+    b.iter(|| {
+      run_ok(
+        Command::new(kiln)
+          .args(["run", "--no-code-cache"])
+          .arg(&main),
+      )
+    })
+  });
+  g.bench_function("kiln_run_code_cache", |b| {
+    b.iter(|| {
+      run_ok(
+        Command::new(kiln)
+          .arg("run")
+          .arg("--cache-dir")
+          .arg(&code_cache)
+          .arg(&main),
+      )
+    })
+  });
+  match &deno {
+    Some(deno) => {
+      g.bench_function("deno_run", |b| b.iter(|| run_ok(&mut deno_cmd(deno))));
+    }
+    None => eprintln!("app: deno not on PATH, skipped"),
+  }
+  match on_path("node") {
+    Some(node) => {
+      g.bench_function("node", |b| {
+        b.iter(|| run_ok(Command::new(&node).arg(&main)))
+      });
+    }
+    None => eprintln!("app: node not on PATH, skipped"),
+  }
+  g.finish();
+}
+
+async fn first_request(addr: std::net::SocketAddr, path: &str) -> Duration {
+  let started = Instant::now();
+  let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+  let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    .await
+    .expect("handshake");
+  tokio::spawn(conn);
+  let request = http::Request::get(path)
+    .header("host", addr.to_string())
+    .body(Empty::<Bytes>::new())
+    .expect("request");
+  let response = sender.send_request(request).await.expect("send");
+  assert!(
+    response.status().is_success(),
+    "{path}: {}",
+    response.status()
+  );
+  let body = response.into_body().collect().await.expect("body");
+  std::hint::black_box(body.to_bytes());
+  started.elapsed()
+}
+
+/// A host serving `hello` and `big` (the 1 MB app behind a handler), with
+/// functions started from the baked snapshot and `warm` warm instances.
+fn host(
+  tokio: &tokio::runtime::Runtime,
+  fns: &Path,
+  cache: &Path,
+  warm: usize,
+) -> (Arc<Host>, std::net::SocketAddr) {
+  let mut options = HostOptions::new(fns);
+  options.max_instances = 2;
+  options.warm_instances = warm;
+  options.idle_timeout = Duration::from_secs(3600);
+  options.snapshots = Some(kiln_host::SnapshotOptions {
+    baker: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
+    cache_dir: cache.to_path_buf(),
+  });
+  tokio.block_on(async {
+    let host = Host::new(options).expect("host");
+    host.start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+      .await
+      .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(kiln_host::serve(
+      host.clone(),
+      listener,
+      std::future::pending(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !host.is_ready() {
+      assert!(Instant::now() < deadline, "host never ready");
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (host, addr)
+  })
+}
+
+fn app_serve(c: &mut Criterion) {
+  let dir = tempfile::tempdir().expect("tempdir");
+  let fns = dir.path().join("functions");
+  fixture::write(&fns.join("app"));
+  std::fs::write(
+    fns.join("hello.ts"),
+    "export default { fetch: () => new Response(\"Hello from kiln!\") };\n",
+  )
+  .expect("write");
+  std::fs::write(
+    fns.join("big.mjs"),
+    "import { checksum } from \"./app/lib.mjs\";\nexport default { fetch: () => new Response(String(checksum())) };\n",
+  )
+  .expect("write");
+  let tokio = tokio::runtime::Builder::new_multi_thread()
+    .enable_all()
+    .build()
+    .expect("tokio");
+  let mut g = c.benchmark_group("app_serve");
+  g.sample_size(30);
+  g.measurement_time(Duration::from_secs(6));
+
+  // No warm instance: every timed request starts one (thawed from the
+  // snapshot), evicted afterwards outside the timing.
+  let (host, addr) = host(&tokio, &fns, &dir.path().join("cache"), 0);
+  for function in ["hello", "big"] {
+    g.bench_function(format!("first_request_no_warm/{function}"), |b| {
+      b.iter_custom(|iters| {
+        tokio.block_on(async {
+          let mut total = Duration::ZERO;
+          for _ in 0..iters {
+            host.evict(function);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            total += first_request(addr, &format!("/{function}")).await;
+          }
+          total
+        })
+      })
+    });
+  }
+  drop(host);
+
+  // A warm instance waits: the timed request (on a new connection) takes
+  // it; its replacement starts outside the timing.
+  let (host, addr) = host(&tokio, &fns, &dir.path().join("cache"), 1);
+  for function in ["hello", "big"] {
+    g.bench_function(format!("first_request_warm/{function}"), |b| {
+      b.iter_custom(|iters| {
+        tokio.block_on(async {
+          let mut total = Duration::ZERO;
+          for _ in 0..iters {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            total += first_request(addr, &format!("/{function}")).await;
+          }
+          total
+        })
+      })
+    });
+  }
+  drop(host);
+  g.finish();
+}
+
+criterion_group!(benches, app, app_serve);
+criterion_main!(benches);
