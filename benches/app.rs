@@ -70,7 +70,7 @@ fn app(c: &mut Criterion) {
   assert!(status.success(), "kiln compile failed");
   let code_cache = dir.path().join("kiln-cache");
   // Warm every cache once, outside the timing.
-  run_ok(Command::new(&exe));
+  run_ok(&mut Command::new(&exe));
   run_ok(
     Command::new(kiln)
       .arg("run")
@@ -158,7 +158,7 @@ async fn first_request(addr: std::net::SocketAddr, path: &str) -> Duration {
 
 /// A host serving `hello` and `big` (the 1 MB app behind a handler), with
 /// functions started from the baked snapshot and `warm` warm instances.
-fn host(
+fn start_host(
   tokio: &tokio::runtime::Runtime,
   fns: &Path,
   cache: &Path,
@@ -217,7 +217,7 @@ fn app_serve(c: &mut Criterion) {
 
   // No warm instance: every timed request starts one (thawed from the
   // snapshot), evicted afterwards outside the timing.
-  let (host, addr) = host(&tokio, &fns, &dir.path().join("cache"), 0);
+  let (host, addr) = start_host(&tokio, &fns, &dir.path().join("cache"), 0);
   for function in ["hello", "big"] {
     g.bench_function(format!("first_request_no_warm/{function}"), |b| {
       b.iter_custom(|iters| {
@@ -237,7 +237,7 @@ fn app_serve(c: &mut Criterion) {
 
   // A warm instance waits: the timed request (on a new connection) takes
   // it; its replacement starts outside the timing.
-  let (host, addr) = host(&tokio, &fns, &dir.path().join("cache"), 1);
+  let (host, addr) = start_host(&tokio, &fns, &dir.path().join("cache"), 1);
   for function in ["hello", "big"] {
     g.bench_function(format!("first_request_warm/{function}"), |b| {
       b.iter_custom(|iters| {

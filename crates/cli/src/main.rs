@@ -166,7 +166,7 @@ fn main() -> ExitCode {
   let _program = argv.next();
   // A compiled executable: every argument is the program's.
   if let Some(container) = compile::embedded_app() {
-    kiln::runtime::prefetch_snapshot();
+    // Its snapshot is the app's: kiln's embedded one is never thawed here.
     let args = argv.map(|a| a.to_string_lossy().into_owned()).collect();
     let result = container
       .map_err(|e| format!("this executable's app cannot be read: {e}").into())
