@@ -204,7 +204,9 @@ fn cache_file(cache_dir: &Path, paths: &[&Path]) -> PathBuf {
   let mut hash = sha2::Sha256::new();
   hash.update(kiln::runtime::expected_manifest().fingerprint());
   // The glue may change without the op list: the embedded snapshot covers it.
-  hash.update(sha2::Sha256::digest(kiln::snapshot::load::EMBEDDED_SNAPSHOT));
+  hash.update(sha2::Sha256::digest(
+    kiln::snapshot::load::EMBEDDED_SNAPSHOT,
+  ));
   for path in paths {
     hash.update(path.as_os_str().as_encoded_bytes());
     hash.update([0]);
