@@ -190,28 +190,7 @@ pub fn run_compiled(
 ) -> Result<i32, Box<dyn std::error::Error>> {
   let image = kiln::app::AppImage::open(container)
     .map_err(|e| format!("this executable's app cannot run: {e}"))?;
-  let tokio = tokio::runtime::Builder::new_current_thread()
-    .enable_all()
-    .build()
-    .map_err(|e| kiln::Error::Init(format!("cannot start tokio: {e}")))?;
-  let (runtime, result) = tokio.block_on(async move {
-    let options = kiln::RuntimeOptions {
-      args,
-      stop_on_closed_stdout: true,
-      env: kiln::runtime::Env::Process,
-      code_cache_dir: None,
-    };
-    let mut runtime = kiln::Runtime::builder()
-      .app(image)
-      .options(options)
-      .build()?;
-    let result = runtime.run_app().await;
-    Ok::<_, kiln::Error>((runtime, result))
-  })?;
-  // About to exit: no teardown (see `run`).
-  std::mem::forget(runtime);
-  std::mem::forget(tokio);
-  Ok(result?)
+  Ok(crate::run_program(crate::Program::App(image), args, None)?)
 }
 
 #[cfg(test)]

@@ -193,7 +193,7 @@ fn main() -> ExitCode {
     } => {
       let code_cache_dir =
         (!no_code_cache).then(|| cache_dir.unwrap_or_else(kiln::runtime::default_cache_dir));
-      run(file, args, code_cache_dir).map_err(Into::into)
+      run_program(Program::Module(file), args, code_cache_dir).map_err(Into::into)
     }
     Command::Serve(args) => serve(args),
     Command::Compile {
@@ -244,8 +244,19 @@ fn die_of_sigpipe() -> ExitCode {
   ExitCode::from(141)
 }
 
-fn run(
-  file: PathBuf,
+/// What a program run executes.
+pub(crate) enum Program {
+  /// A module from disk (`kiln run`).
+  Module(PathBuf),
+  /// The app a runtime was thawed with (a compiled executable).
+  App(kiln::app::AppImage),
+}
+
+/// Runs a program as a command-line tool does: its own arguments, the
+/// process environment (as `deno run --allow-env` sees it), quiet death on a
+/// closed stdout, the event loop to the end. Returns the exit code.
+pub(crate) fn run_program(
+  program: Program,
   args: Vec<String>,
   code_cache_dir: Option<PathBuf>,
 ) -> Result<i32, kiln::Error> {
@@ -254,16 +265,23 @@ fn run(
     .build()
     .map_err(|e| kiln::Error::Init(format!("cannot start tokio: {e}")))?;
   let (runtime, result) = tokio.block_on(async move {
-    // Your own program: it sees the process environment, as
-    // `deno run --allow-env` does.
     let options = kiln::RuntimeOptions {
       args,
       stop_on_closed_stdout: true,
       env: kiln::runtime::Env::Process,
       code_cache_dir,
     };
-    let mut runtime = kiln::Runtime::new(options)?;
-    let result = runtime.run_main_module(&file).await;
+    let mut runtime = match &program {
+      Program::Module(_) => kiln::Runtime::new(options)?,
+      Program::App(image) => kiln::Runtime::builder()
+        .app(image.clone())
+        .options(options)
+        .build()?,
+    };
+    let result = match &program {
+      Program::Module(file) => runtime.run_main_module(file).await,
+      Program::App(_) => runtime.run_app().await,
+    };
     Ok::<_, kiln::Error>((runtime, result))
   })?;
   // The process is about to exit: tearing the isolate and the tokio runtime

@@ -100,6 +100,29 @@ pub struct Baked {
 }
 
 impl Baked {
+  /// Wraps raw snapshot bytes in a container and records the bake.
+  fn wrap(
+    raw: &[u8],
+    manifest: Manifest,
+    compression_level: i32,
+    files_loaded: Vec<PathBuf>,
+    residual: Vec<ResidualSource>,
+    sources: Vec<(String, String)>,
+    start: Instant,
+  ) -> Result<Baked, BakeError> {
+    let container =
+      SnapshotContainer::encode(&manifest, raw, compression_level).map_err(BakeError::Compress)?;
+    Ok(Baked {
+      container,
+      manifest,
+      raw_len: raw.len(),
+      files_loaded,
+      residual,
+      sources,
+      duration: start.elapsed(),
+    })
+  }
+
   pub fn compressed_len(&self) -> usize {
     self.container.len()
   }
@@ -370,18 +393,15 @@ pub fn bake(
   files_loaded.sort();
   files_loaded.dedup();
 
-  let raw_len = output.output.len();
-  let container = SnapshotContainer::encode(&manifest, &output.output, compression_level)
-    .map_err(BakeError::Compress)?;
-  Ok(Baked {
-    container,
+  Baked::wrap(
+    &output.output,
     manifest,
-    raw_len,
+    compression_level,
     files_loaded,
     residual,
     sources,
-    duration: start.elapsed(),
-  })
+    start,
+  )
 }
 
 /// Sets kiln's bake flags, once per process, before V8 starts. Every bake
@@ -541,18 +561,15 @@ pub fn bake_with_modules(
   files_loaded.sort();
   files_loaded.dedup();
   let raw = snapshot_with_modules(extensions, modules)?;
-  let raw_len = raw.len();
-  let container =
-    SnapshotContainer::encode(&manifest, &raw, compression_level).map_err(BakeError::Compress)?;
-  Ok(Baked {
-    container,
+  Baked::wrap(
+    &raw,
     manifest,
-    raw_len,
+    compression_level,
     files_loaded,
     residual,
     sources,
-    duration: start.elapsed(),
-  })
+    start,
+  )
 }
 
 /// Runs `extensions` (whose sources must be loadable here) and then the user
