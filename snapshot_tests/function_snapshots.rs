@@ -245,3 +245,27 @@ export default {
     "{runs} runs in {elapsed} ms\n{metrics}"
   );
 }
+
+#[tokio::test]
+async fn a_snapshot_too_large_for_the_heap_cap_is_not_thawed() {
+  let dir = tempfile::tempdir().unwrap();
+  let fns = dir.path().join("functions");
+  let cache = dir.path().join("cache");
+  // About 8 MiB of numbers built at top level: with kiln's own heap the
+  // snapshot needs more than half of a 16 MiB instance.
+  write(
+    &fns.join("heavy.ts"),
+    "const data = new Float64Array(1_000_000).fill(1.5);\nexport default { fetch: () => new Response(String(data.length)) };\n",
+  );
+  let server = serve(&fns, &cache, &["--max-heap-mb", "16"], &[]);
+  wait_ready(&server).await;
+  assert_eq!(
+    server.get("/heavy").await,
+    (StatusCode::OK, "1000000".into())
+  );
+  let log = server.stderr();
+  assert!(
+    log.contains("is too large for instances of 16 MiB"),
+    "{log}"
+  );
+}

@@ -284,6 +284,7 @@ impl Host {
         access.clone(),
         snapshots.clone(),
         options.timeout,
+        options.max_heap_bytes,
       ))
     });
     let mut functions = BTreeMap::new();

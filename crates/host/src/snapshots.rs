@@ -64,6 +64,8 @@ pub(crate) struct HostSnapshot {
   access: ModuleAccess,
   options: SnapshotOptions,
   timeout: Duration,
+  /// An instance's heap cap: the snapshot must fit in it with room to run.
+  max_heap_bytes: usize,
   image: tokio::sync::OnceCell<Option<AppImage>>,
 }
 
@@ -73,6 +75,7 @@ impl HostSnapshot {
     access: ModuleAccess,
     options: SnapshotOptions,
     timeout: Duration,
+    max_heap_bytes: usize,
   ) -> Self {
     functions.sort_by(|a, b| a.1.cmp(&b.1));
     HostSnapshot {
@@ -80,6 +83,7 @@ impl HostSnapshot {
       access,
       options,
       timeout,
+      max_heap_bytes,
       image: tokio::sync::OnceCell::new(),
     }
   }
@@ -125,7 +129,27 @@ impl HostSnapshot {
     }
   }
 
+  /// The image if instances can thaw it within their heap cap: V8 aborts
+  /// the process when a snapshot does not fit the heap it is thawed into,
+  /// before any limit handling exists.
+  fn fits(&self, image: AppImage) -> Option<AppImage> {
+    let needed = image.snapshot().len().saturating_mul(2);
+    if needed <= self.max_heap_bytes {
+      return Some(image);
+    }
+    tracing::error!(
+      "the functions' baked snapshot ({} MiB) is too large for instances of {} MiB (--max-heap-mb; an instance needs about twice the snapshot): every function loads its modules instead",
+      image.snapshot().len() >> 20,
+      self.max_heap_bytes >> 20
+    );
+    None
+  }
+
   fn prepare(&self) -> Option<AppImage> {
+    self.prepare_image().and_then(|image| self.fits(image))
+  }
+
+  fn prepare_image(&self) -> Option<AppImage> {
     let paths: Vec<&Path> = self.functions.iter().map(|(_, p)| p.as_path()).collect();
     let file = cache_file(&self.options.cache_dir, &paths);
     match read_cached(&file, &self.access) {
