@@ -17,6 +17,12 @@ use std::time::Duration;
 const TRAILER_MAGIC: &[u8; 8] = b"KILNEXE1";
 const TRAILER_LEN: u64 = 16;
 
+/// zstd level of an executable's app: a fast level, because the app is
+/// decompressed at every launch and a baked app heap runs to megabytes
+/// (benches/RESULTS.md section 9: level 19 costs ~7 ms per launch on an
+/// 8 MB heap).
+const APP_COMPRESSION_LEVEL: i32 = -5;
+
 /// How long a compile-time bake may run.
 const BAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -75,7 +81,7 @@ pub fn compile(
     root: Some(root),
     mode: kiln::app::EntryMode::Program,
     access: kiln::runtime::ModuleAccess::default(),
-    compression_level: kiln::snapshot::bake::DEFAULT_COMPRESSION_LEVEL,
+    compression_level: APP_COMPRESSION_LEVEL,
     entry_timeout: None,
   };
   let (container, output) =
