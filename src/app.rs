@@ -126,7 +126,7 @@ pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
     }
     None => None,
   };
-  let mut loader = FsModuleLoader::new(request.access.clone());
+  let mut loader = FsModuleLoader::new(request.access.clone()).recording();
   if let Some(root) = &root {
     loader = loader.with_relocation(Relocation {
       base: app_base(),

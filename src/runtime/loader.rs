@@ -90,11 +90,15 @@ pub struct FsModuleLoader {
   /// app's modules are named relative to its root, not by build-machine
   /// paths).
   relocation: Option<Relocation>,
-  /// Every module read from a file, with the hash of its text (for bakes).
-  loaded: RefCell<Vec<(String, [u8; 32])>>,
+  /// Every module read from a file, with the hash of its text, when
+  /// recording (bakes only: hashing every source would slow every start).
+  loaded: Option<RefCell<Vec<LoadedModule>>>,
   /// Where V8 code caches of loaded modules are kept, if anywhere.
   code_cache: Option<CodeCache>,
 }
+
+/// A module read from a file: its specifier and the SHA-256 of its text.
+pub type LoadedModule = (String, [u8; 32]);
 
 /// Modules whose specifiers start with `base` are read from `root`.
 #[derive(Debug, Clone)]
@@ -242,10 +246,21 @@ impl FsModuleLoader {
     self
   }
 
+  /// Records every module it reads from a file, with the SHA-256 of its
+  /// text (see [`FsModuleLoader::loaded_modules`]); for bakes.
+  pub fn recording(mut self) -> Self {
+    self.loaded = Some(RefCell::default());
+    self
+  }
+
   /// Every module read from a file so far, with the SHA-256 of its text,
-  /// in load order.
-  pub fn loaded_modules(&self) -> Vec<(String, [u8; 32])> {
-    self.loaded.borrow().clone()
+  /// in load order, if recording.
+  pub fn loaded_modules(&self) -> Vec<LoadedModule> {
+    self
+      .loaded
+      .as_ref()
+      .map(|loaded| loaded.borrow().clone())
+      .unwrap_or_default()
   }
 
   /// The source map of a module this loader transpiled.
@@ -357,10 +372,12 @@ impl FsModuleLoader {
         format!("cannot load module {}{from}: {e}", path.display()),
       )
     })?;
-    self.loaded.borrow_mut().push((
-      specifier.to_string(),
-      kiln_pipeline::app::source_hash(&source),
-    ));
+    if let Some(loaded) = &self.loaded {
+      loaded.borrow_mut().push((
+        specifier.to_string(),
+        kiln_pipeline::app::source_hash(&source),
+      ));
+    }
     let (module_type, code) = match kind {
       ModuleKind::TypeScript => {
         let module = transpile_cached(specifier, source).map_err(|e| match e {
