@@ -230,8 +230,18 @@ fn state_that_cannot_be_baked_is_one_clear_error() {
   assert_compile_refused(&interval, "a pending interval (setInterval)");
   assert_compile_refused(&timeout, "a pending timer (setTimeout)");
   assert_compile_refused(&throws, "TypeError: bad config");
+  let syntax = write(dir.path(), "f.ts", "const x = ;\n");
+  assert_compile_refused(
+    &syntax,
+    &format!(
+      "SyntaxError: Expression expected at {}:1:11",
+      syntax.display()
+    ),
+  );
   assert_compile_refused(&outside, "outside the app root");
-  assert_compile_refused(&missing, "nope.ts (imported from file:///app/e.ts)");
+  // Compile-time errors name the files on this machine.
+  let importer = deno_core::ModuleSpecifier::from_file_path(dir.path().join("e.ts")).unwrap();
+  assert_compile_refused(&missing, &format!("nope.ts (imported from {importer})"));
 }
 
 /// The container of a compiled executable: (start, length) in its bytes.

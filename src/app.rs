@@ -120,6 +120,32 @@ fn app_base() -> ModuleSpecifier {
 /// where to call it).
 #[cfg(feature = "embedded-snapshot")]
 pub fn bake(request: &AppBake) -> Result<Vec<u8>, AppError> {
+  let Some(root) = &request.root else {
+    return bake_named(request);
+  };
+  // Errors are read on the machine that bakes: name its files.
+  let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+  let real = |message: String| {
+    let url = ModuleSpecifier::from_directory_path(&root)
+      .map(|u| u.to_string())
+      .unwrap_or_default();
+    message
+      .replace(APP_BASE, &url)
+      .replace(" /app/", &format!(" {}/", root.display()))
+  };
+  bake_named(request).map_err(|e| match e {
+    AppError::Load(message) => AppError::Load(real(message)),
+    AppError::Entry { index, message } => AppError::Entry {
+      index,
+      message: real(message),
+    },
+    e => e,
+  })
+}
+
+/// [`bake`], with errors naming modules as they are baked.
+#[cfg(feature = "embedded-snapshot")]
+fn bake_named(request: &AppBake) -> Result<Vec<u8>, AppError> {
   let root = match &request.root {
     Some(root) => {
       Some(std::path::absolute(root).map_err(|_| AppError::EntryNotFound(root.clone()))?)
