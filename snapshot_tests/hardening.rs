@@ -490,6 +490,7 @@ async fn silent_connections_past_the_cap_cannot_starve_the_host() {
   cmd.args(["--nofile=200:200", "--"]);
   cmd.arg(env!("CARGO_BIN_EXE_kiln"));
   Server::serve_args(&mut cmd, &fns, &["--header-timeout", "1s"], &[]);
+  cmd.arg("--cache-dir").arg(dir.path().join("kiln-cache"));
   let server = Server::spawn(dir, cmd);
   let addr = server.addr;
   let mut silent = tokio::task::spawn_blocking(move || silent_connections(addr, 250))

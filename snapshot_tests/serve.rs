@@ -54,6 +54,11 @@ impl Server {
   ) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
     Server::serve_args(&mut cmd, fns, flags, env);
+    // Baked snapshots go to the test's own directory, never into the
+    // user's cache or the served tree.
+    if !flags.contains(&"--cache-dir") && !flags.contains(&"--no-snapshot") {
+      cmd.arg("--cache-dir").arg(dir.path().join("kiln-cache"));
+    }
     Server::spawn(dir, cmd)
   }
 
@@ -71,11 +76,7 @@ impl Server {
       .args(flags)
       .env("NO_COLOR", "1")
       .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET");
-    // Baked snapshots go next to the functions, not into the user's cache.
-    if !flags.contains(&"--cache-dir") && !flags.contains(&"--no-snapshot") {
-      let cache = fns.parent().unwrap_or(fns).join("kiln-cache");
-      cmd.arg("--cache-dir").arg(cache);
-    }
+
     for (k, v) in env {
       cmd.env(k, v);
     }
