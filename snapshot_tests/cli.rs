@@ -6,9 +6,7 @@ use std::process::Command;
 use std::process::Output;
 
 fn kiln() -> Command {
-  let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-  cmd.env("NO_COLOR", "1");
-  cmd
+  crate::kiln_command()
 }
 
 fn run(args: &[&str]) -> Output {

@@ -8,9 +8,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 fn kiln() -> Command {
-  let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-  cmd.env("NO_COLOR", "1");
-  cmd
+  crate::kiln_command()
 }
 
 fn stdout(o: &Output) -> String {

@@ -1,15 +1,14 @@
 //! `Deno.cron` through the real binary, with the schedule offset hook.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::process::Output;
 
 fn run_js(script: &str, offset_ms: Option<u64>) -> Output {
   let dir = tempfile::tempdir().unwrap();
   let file: PathBuf = dir.path().join("cron_test.ts");
   std::fs::write(&file, script).unwrap();
-  let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-  cmd.env("NO_COLOR", "1").arg("run").arg(&file);
+  let mut cmd = crate::kiln_command();
+  cmd.arg("run").arg(&file);
   match offset_ms {
     Some(ms) => cmd.env("KILN_CRON_TEST_SCHEDULE_OFFSET", ms.to_string()),
     None => cmd.env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET"),
