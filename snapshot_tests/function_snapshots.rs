@@ -269,3 +269,37 @@ async fn a_snapshot_too_large_for_the_heap_cap_is_not_thawed() {
     "{log}"
   );
 }
+
+#[tokio::test]
+async fn a_function_that_exhausts_the_bake_heap_is_left_out() {
+  let dir = tempfile::tempdir().unwrap();
+  let fns = dir.path().join("functions");
+  let cache = dir.path().join("cache");
+  write(&fns.join("greeter.ts"), GREETER);
+  write(&fns.join("lib/table.ts"), &table(100));
+  write(
+    &fns.join("hog.ts"),
+    "const all: object[] = [];\nfor (let i = 0; i < 50_000_000; i++) all.push({ i });\nexport default { fetch: () => new Response(String(all.length)) };\n",
+  );
+  let server = serve(&fns, &cache, &["--max-heap-mb", "32"], &[]);
+  wait_ready(&server).await;
+  assert_eq!(
+    server.get("/greeter").await,
+    (StatusCode::OK, "144 100".into())
+  );
+  // Served from its modules, where it runs out of memory again: a 500.
+  assert_eq!(
+    server.get("/hog").await.0,
+    StatusCode::INTERNAL_SERVER_ERROR
+  );
+  let log = server.stderr();
+  assert!(
+    log.contains("function 'hog' cannot be started from a snapshot, serving it from its modules: cannot bake: V8 aborted while its top level was evaluated"),
+    "{log}"
+  );
+  assert!(log.contains("it ran out of memory"), "{log}");
+  assert!(
+    log.contains("baked a snapshot of 1 of 2 functions"),
+    "{log}"
+  );
+}

@@ -63,6 +63,8 @@ pub struct AppBake {
   pub compression_level: i32,
   /// Longest one entry's top-level evaluation may take at bake.
   pub entry_timeout: Option<std::time::Duration>,
+  /// The bake's V8 heap cap (the bake process aborts past it).
+  pub max_heap_bytes: Option<usize>,
 }
 
 /// Why an app could not be baked or thawed.
@@ -232,6 +234,7 @@ fn bake_named(request: &AppBake) -> Result<Vec<u8>, AppError> {
   let mut user = crate::runtime::user_modules_for(loader.clone(), modules, &entries);
   user.on_module = Some(Box::new(|i| eprintln!("{ENTRY_STARTED} {i}")));
   user.timeout = request.entry_timeout;
+  user.max_heap_bytes = request.max_heap_bytes;
   let snapshot =
     kiln_pipeline::bake::snapshot_with_modules(extensions, user).map_err(|e| match e {
       BakeError::AtModule { index, source } => {
@@ -427,6 +430,9 @@ impl AppBake {
     if let Some(confine) = &self.access.root {
       args.extend(["--confine".into(), confine.clone().into()]);
     }
+    if let Some(max) = self.max_heap_bytes {
+      args.extend(["--max-heap-bytes".into(), max.to_string().into()]);
+    }
     if let Some(timeout) = self.entry_timeout {
       args.extend([
         "--entry-timeout-ms".into(),
@@ -446,6 +452,7 @@ impl AppBake {
       access: ModuleAccess::default(),
       compression_level: kiln_pipeline::bake::DEFAULT_COMPRESSION_LEVEL,
       entry_timeout: None,
+      max_heap_bytes: None,
     };
     let mut out = None;
     let mut it = args.iter();
@@ -473,6 +480,9 @@ impl AppBake {
         }
         Some("--max-module-bytes") => {
           bake.access.max_bytes = text().parse().map_err(|_| "bad --max-module-bytes")?
+        }
+        Some("--max-heap-bytes") => {
+          bake.max_heap_bytes = Some(text().parse().map_err(|_| "bad --max-heap-bytes")?)
         }
         Some("--entry-timeout-ms") => {
           let ms = text().parse().map_err(|_| "bad --entry-timeout-ms")?;
@@ -651,6 +661,9 @@ pub fn bake_in_child(
 fn abort_cause(stderr: &str) -> String {
   // deno_core has no cppgc heap while snapshotting: creating a
   // cppgc-backed Web API object then panics across the V8 boundary.
+  if stderr.contains("out of memory") || stderr.contains("heap limit") {
+    return "it ran out of memory (the bake's heap is capped like an instance's)".into();
+  }
   if stderr.contains("cppgc.rs") {
     return "it created a Web API object a snapshot cannot hold (a text decoder, a compression stream, a Web Crypto key...): create it at launch, in main() or a handler".into();
   }

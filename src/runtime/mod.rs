@@ -162,6 +162,7 @@ pub(crate) fn user_modules_for(
     after_each: Some("globalThis.__kilnBakeEntryEnd();".into()),
     postlude: Some("globalThis.__kilnBakeEnd();".into()),
     timeout: None,
+    max_heap_bytes: None,
   }
 }
 

@@ -83,6 +83,7 @@ pub fn compile(
     access: kiln::runtime::ModuleAccess::default(),
     compression_level: APP_COMPRESSION_LEVEL,
     entry_timeout: None,
+    max_heap_bytes: None,
   };
   let (container, output) =
     kiln::app::bake_in_child(&self_path, &request, BAKE_TIMEOUT).map_err(|source| {

@@ -179,6 +179,9 @@ impl HostSnapshot {
         compression_level: COMPRESSION_LEVEL,
         // A function that takes longer is left out, like one that throws.
         entry_timeout: Some(self.timeout),
+        // As much heap as one instance: a function that needs more is left
+        // out (its bake aborts), and could not run from the snapshot anyway.
+        max_heap_bytes: Some(self.max_heap_bytes),
       };
       // Every remaining function once more, plus kiln's extensions.
       let timeout = self.timeout * (entries.len() as u32 + 1) + Duration::from_secs(10);

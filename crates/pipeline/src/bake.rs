@@ -518,6 +518,9 @@ pub struct UserModules {
   pub postlude: Option<String>,
   /// Longest a module's evaluation (top-level await included) may take.
   pub timeout: Option<Duration>,
+  /// Caps the V8 heap of the bake; past it V8 aborts the process (so bake
+  /// in a process of its own).
+  pub max_heap_bytes: Option<usize>,
 }
 
 /// Bakes `extensions` plus user `modules` into a snapshot container for
@@ -605,6 +608,9 @@ fn snapshot_with_modules_inner(
     extensions,
     extension_transpiler: Some(Rc::new(transpile_extension_source)),
     module_loader: Some(modules.loader),
+    create_params: modules
+      .max_heap_bytes
+      .map(|max| deno_core::v8::CreateParams::default().heap_limits(0, max)),
     ..Default::default()
   })
   .map_err(|e| BakeError::CreateSnapshot(e.to_string()))?;
