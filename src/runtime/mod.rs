@@ -544,20 +544,19 @@ impl Runtime {
   /// module scheduled (timers, cron jobs) stays pending. Returns the module
   /// namespace.
   pub async fn load_main_module(&mut self, path: &Path) -> Result<v8::Global<v8::Object>, Error> {
-    let (id, evaluation) = self.load_and_evaluate(path).await?;
-    self
-      .js
-      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
-      .await
-      .map_err(classify)?;
-    self.js.get_module_namespace(id).map_err(classify)
+    let specifier = main_specifier(path)?;
+    let (id, evaluation) = self.load_and_evaluate(&specifier, true).await?;
+    self.namespace_once_evaluated(id, evaluation).await
   }
 
-  /// Loads `path` as the main module and starts its evaluation: the one
-  /// place both ways of running a main module begin.
+  /// Loads `specifier` as the main module (or a side module) and starts its
+  /// evaluation: the one place every way of running a module begins. A
+  /// module already in the module map (baked) is found, not loaded, and its
+  /// evaluation is already done.
   async fn load_and_evaluate(
     &mut self,
-    path: &Path,
+    specifier: &ModuleSpecifier,
+    main: bool,
   ) -> Result<
     (
       deno_core::ModuleId,
@@ -565,13 +564,28 @@ impl Runtime {
     ),
     Error,
   > {
-    let specifier = main_specifier(path)?;
-    let id = self
-      .js
-      .load_main_es_module(&specifier)
-      .await
-      .map_err(load_error)?;
+    let id = if main {
+      self.js.load_main_es_module(specifier).await
+    } else {
+      self.js.load_side_es_module(specifier).await
+    }
+    .map_err(load_error)?;
     Ok((id, self.js.mod_evaluate(id)))
+  }
+
+  /// Runs the event loop until `evaluation` (top-level await included)
+  /// settles, leaving other work pending, and returns the namespace.
+  async fn namespace_once_evaluated(
+    &mut self,
+    id: deno_core::ModuleId,
+    evaluation: impl std::future::Future<Output = Result<(), CoreError>> + Unpin,
+  ) -> Result<v8::Global<v8::Object>, Error> {
+    self
+      .js
+      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
+      .await
+      .map_err(classify)?;
+    self.js.get_module_namespace(id).map_err(classify)
   }
 
   /// The underlying deno_core runtime, for embedders that need more.
@@ -700,20 +714,8 @@ impl Runtime {
     &mut self,
     entry: &ModuleSpecifier,
   ) -> Result<v8::Global<v8::Object>, Error> {
-    // Registered in the thawed module map: found, not loaded.
-    let id = self
-      .js
-      .load_side_es_module(entry)
-      .await
-      .map_err(load_error)?;
-    // Evaluated at bake already; evaluates one that was not baked.
-    let evaluation = self.js.mod_evaluate(id);
-    self
-      .js
-      .with_event_loop_future(evaluation, PollEventLoopOptions::default())
-      .await
-      .map_err(classify)?;
-    self.js.get_module_namespace(id).map_err(classify)
+    let (id, evaluation) = self.load_and_evaluate(entry, false).await?;
+    self.namespace_once_evaluated(id, evaluation).await
   }
 
   /// The exit code of a finished program: `Deno.exit`'s, or `result`'s.
@@ -730,12 +732,7 @@ impl Runtime {
   }
 
   async fn run_specifier(&mut self, specifier: &ModuleSpecifier) -> Result<(), Error> {
-    let id = self
-      .js
-      .load_main_es_module(specifier)
-      .await
-      .map_err(load_error)?;
-    let evaluation = self.js.mod_evaluate(id);
+    let (_, evaluation) = self.load_and_evaluate(specifier, true).await?;
     self
       .js
       .run_event_loop(PollEventLoopOptions::default())
