@@ -101,6 +101,8 @@ const SCRIPTS: [string, string][] = [
   ["response", "ext:deno_fetch/23_response.js"],
   ["fetchMod", "ext:deno_fetch/26_fetch.js"],
   ["eventSource", "ext:deno_fetch/27_eventsource.js"],
+  // deno_websocket's module loads this one (serve.ts imports that module).
+  ["location", "ext:deno_web/12_location.js"],
 ];
 
 const scripts: Record<string, Exports> = {};
@@ -144,6 +146,7 @@ export const webScripts = ObjectFreeze({
   request,
   response,
   abortSignal,
+  event,
 });
 
 /**
@@ -258,6 +261,7 @@ ObjectDefineProperties(globalThis, {
   Response: writable(response.Response),
   fetch: writable(fetchMod.fetch),
   EventSource: writable(eventSource.EventSource),
+  // `WebSocket` is defined by serve.ts, with `Deno.upgradeWebSocket`.
 });
 
 (event.saveGlobalThisReference as (g: typeof globalThis) => void)(globalThis);

@@ -1,5 +1,6 @@
 // kiln_serve glue: runs a function module's `fetch` handler for the requests
-// `kiln serve` sends to this isolate. The host calls `hostHooks.serve(ns)`
+// `kiln serve` sends to this isolate, and provides WebSockets (the `WebSocket`
+// client and `Deno.upgradeWebSocket`). The host calls `hostHooks.serve(ns)`
 // with the module namespace once the module has been evaluated.
 
 import { core, primordials } from "ext:core/mod.js";
@@ -13,14 +14,36 @@ import {
   op_serve_read,
   op_serve_respond,
   op_serve_unhandled,
+  op_serve_upgrade,
+  op_serve_websocket_accept,
   op_serve_write,
 } from "ext:core/ops";
-import { hostHooks, webScripts } from "ext:kiln_runtime/runtime.ts";
+import {
+  defineDenoMember,
+  hostHooks,
+  webScripts,
+} from "ext:kiln_runtime/runtime.ts";
+// A static import, not `core.createLazyLoader`: deno_core 0.413 records a
+// lazily loaded ES module as consumed by the bake only when it is imported,
+// and drops the source text of one it thinks unconsumed from the snapshot
+// (its functions then compile from another file's text at run time).
+import * as websocketModule from "ext:deno_websocket/01_websocket.js";
 
 const {
   ArrayPrototypeFilter,
+  ArrayPrototypeIncludes,
   ArrayPrototypeJoin,
+  ArrayPrototypeMap,
   ArrayPrototypePush,
+  ArrayPrototypeSome,
+  Promise,
+  StringPrototypeToLowerCase,
+  StringPrototypeTrim,
+  WeakMapPrototypeDelete,
+  WeakMapPrototypeGet,
+  WeakMapPrototypeSet,
+  SafeWeakMap,
+  ObjectDefineProperty,
   ObjectFreeze,
   PromiseResolve,
   ObjectPrototypeIsPrototypeOf,
@@ -52,9 +75,35 @@ interface FetchHandler {
 const { Request } = webScripts.request as {
   Request: typeof globalThis.Request;
 };
-const { ResponsePrototype } = webScripts.response as {
-  ResponsePrototype: Response;
+const { ResponsePrototype, newInnerResponse, fromInnerResponse } = webScripts
+  .response as {
+    ResponsePrototype: Response;
+    newInnerResponse: (status: number) => InnerResponse;
+    fromInnerResponse: (inner: InnerResponse, guard: string) => Response;
+  };
+interface InnerResponse {
+  headerList: Header[];
+}
+const { Event, dispatch, setEventTargetData } = webScripts.event as {
+  Event: typeof globalThis.Event;
+  dispatch: (target: EventTarget, event: Event) => void;
+  setEventTargetData: (target: EventTarget) => void;
 };
+const ws = websocketModule as unknown as {
+  WebSocket: typeof globalThis.WebSocket;
+  createWebSocketBranded: () => ServerSocket;
+  _rid: symbol;
+  _role: symbol;
+  _readyState: symbol;
+  _protocol: symbol;
+  _eventLoop: symbol;
+  _idleTimeoutDuration: symbol;
+  _idleTimeoutTimeout: symbol;
+  _serverHandleIdleTimeout: symbol;
+  SERVER: unknown;
+};
+// deno_websocket's socket fields are symbol-keyed.
+type ServerSocket = WebSocket & Record<symbol, unknown>;
 const { ReadableStream } = webScripts.streams as {
   ReadableStream: typeof globalThis.ReadableStream;
 };
@@ -115,6 +164,115 @@ async function writeBody(
   }
 }
 
+/** Sockets of responses made by `Deno.upgradeWebSocket`, not yet sent. */
+const upgrades = new SafeWeakMap<Response, ServerSocket>();
+
+/** Whether a comma-separated header holds `token` (case-insensitive). */
+function headerHas(value: string | null, token: string): boolean {
+  return value !== null &&
+    ArrayPrototypeSome(
+      StringPrototypeSplit(value, ","),
+      (option: string) =>
+        StringPrototypeToLowerCase(StringPrototypeTrim(option)) === token,
+    );
+}
+
+interface UpgradeOptions {
+  protocol?: string;
+  idleTimeout?: number;
+}
+
+/**
+ * `Deno.upgradeWebSocket(request)`, as in Deno: checks the handshake
+ * headers and returns the `101` response to return from the handler and
+ * the server `socket`, which opens once that response was sent.
+ */
+function upgradeWebSocket(
+  request: Request,
+  options: UpgradeOptions = {},
+): { response: Response; socket: WebSocket } {
+  const headers = request.headers;
+  if (!headerHas(headers.get("upgrade"), "websocket")) {
+    throw new TypeError(
+      "Invalid Header: 'upgrade' header must contain 'websocket'",
+    );
+  }
+  if (!headerHas(headers.get("connection"), "upgrade")) {
+    throw new TypeError(
+      "Invalid Header: 'connection' header must contain 'Upgrade'",
+    );
+  }
+  const key = headers.get("sec-websocket-key");
+  if (key === null) {
+    throw new TypeError(
+      "Invalid Header: 'sec-websocket-key' header must be set",
+    );
+  }
+  const inner = newInnerResponse(101);
+  inner.headerList = [
+    ["upgrade", "websocket"],
+    ["connection", "Upgrade"],
+    ["sec-websocket-accept", op_serve_websocket_accept(key) as string],
+  ];
+  const offered = ArrayPrototypeMap(
+    StringPrototypeSplit(headers.get("sec-websocket-protocol") ?? "", ","),
+    (p: string) => StringPrototypeTrim(p),
+  );
+  if (options.protocol !== undefined) {
+    if (!ArrayPrototypeIncludes(offered, options.protocol)) {
+      throw new TypeError(
+        `Protocol '${options.protocol}' not in the request's protocol list (non negotiable)`,
+      );
+    }
+    ArrayPrototypePush(inner.headerList, [
+      "sec-websocket-protocol",
+      options.protocol,
+    ]);
+  }
+  const socket = ws.createWebSocketBranded();
+  setEventTargetData(socket);
+  socket[ws._role] = ws.SERVER;
+  socket[ws._idleTimeoutDuration] = options.idleTimeout ?? 120;
+  socket[ws._idleTimeoutTimeout] = undefined;
+  const response = fromInnerResponse(inner, "immutable");
+  WeakMapPrototypeSet(upgrades, response, socket);
+  return { response, socket };
+}
+
+defineDenoMember("upgradeWebSocket", upgradeWebSocket);
+ObjectDefineProperty(globalThis, "WebSocket", {
+  value: ws.WebSocket,
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
+
+/**
+ * Sends the 101 head and opens the socket; resolves when it has closed
+ * (the request, and with it the instance, is held until then).
+ */
+function openSocket(
+  rid: number,
+  socket: ServerSocket,
+  headerList: Header[],
+  protocol: string | null,
+): Promise<void> {
+  const closed = new Promise<void>((resolve) => {
+    socket.addEventListener("close", () => resolve());
+  });
+  socket[ws._rid] = op_serve_upgrade(rid, headerList);
+  socket[ws._readyState] = ws.WebSocket.OPEN;
+  socket[ws._protocol] = protocol ?? "";
+  dispatch(socket, new Event("open"));
+  PromisePrototypeThen(
+    (socket[ws._eventLoop] as () => Promise<void>)(),
+    undefined,
+    (error: unknown) => op_serve_unhandled(errorText(error)),
+  );
+  (socket[ws._serverHandleIdleTimeout] as () => void)();
+  return closed;
+}
+
 async function handle(
   handler: FetchHandler,
   env: Readonly<Record<string, string>>,
@@ -160,10 +318,25 @@ async function handle(
         "The default export's fetch() must return a Response (or a promise of one)",
       );
     }
-    const body = response.body;
     const headerList = [...response.headers] as Header[];
-    op_serve_respond(rid, response.status, headerList, body !== null);
-    ok = body === null || await writeBody(rid, body, abort);
+    const socket = WeakMapPrototypeGet(upgrades, response);
+    if (socket !== undefined) {
+      WeakMapPrototypeDelete(upgrades, response);
+      ArrayPrototypePush(
+        pending,
+        openSocket(
+          rid,
+          socket,
+          headerList,
+          response.headers.get("sec-websocket-protocol"),
+        ),
+      );
+      ok = true;
+    } else {
+      const body = response.body;
+      op_serve_respond(rid, response.status, headerList, body !== null);
+      ok = body === null || await writeBody(rid, body, abort);
+    }
   } catch (error) {
     await op_serve_error(rid, errorText(error));
   } finally {

@@ -122,6 +122,11 @@ struct ServeArgs {
   /// A connection with no request in progress for this long is closed.
   #[arg(long, default_value = "60s", value_parser = duration::parse_duration)]
   keep_alive_timeout: Duration,
+  /// A WebSocket (Deno.upgradeWebSocket) on which nothing passed either way
+  /// for this long is closed. Each open socket holds one instance of its
+  /// function until it closes.
+  #[arg(long, default_value = "2m", value_parser = duration::parse_duration)]
+  websocket_idle_timeout: Duration,
   /// Most open client connections; more wait in the listen backlog.
   /// [default: the file-descriptor limit less 256, at least half of it]
   #[arg(long)]
@@ -316,6 +321,7 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
   options.grace_period = args.grace_period;
   options.header_timeout = args.header_timeout;
   options.keep_alive_timeout = args.keep_alive_timeout;
+  options.websocket_idle_timeout = args.websocket_idle_timeout;
   if args.max_connections == Some(0) {
     return Err("--max-connections must be at least 1".into());
   }

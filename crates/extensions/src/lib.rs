@@ -50,6 +50,9 @@ pub fn all<C: cron::CronHandler + 'static>(
     // Web Crypto. No seed: randomness comes from the OS at run time.
     deno_crypto::deno_crypto::init(None),
     deno_fetch::deno_fetch::init(fetch::fetch_options()),
+    // The `WebSocket` client, and the server sockets of
+    // `Deno.upgradeWebSocket` (see `serve`).
+    deno_websocket::deno_websocket::init(),
     fetch::kiln_fetch::init(),
     runtime::kiln_runtime::init(options.runtime),
     cron::kiln_cron::init(options.cron),

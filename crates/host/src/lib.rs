@@ -21,8 +21,10 @@ mod pool;
 pub mod router;
 mod server;
 pub mod snapshots;
+mod websocket;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,6 +114,9 @@ pub struct HostOptions {
   /// Keep V8 code caches of the modules instances load (functions that
   /// are not baked) in `<dir>/code/`.
   pub code_cache_dir: Option<PathBuf>,
+  /// A WebSocket (`Deno.upgradeWebSocket`) on which nothing passed either
+  /// way for this long is closed, and its instance released.
+  pub websocket_idle_timeout: Duration,
 }
 
 impl HostOptions {
@@ -136,6 +141,7 @@ impl HostOptions {
       preload: true,
       snapshots: None,
       code_cache_dir: None,
+      websocket_idle_timeout: Duration::from_secs(120),
     }
   }
 }
@@ -521,9 +527,13 @@ impl Host {
   async fn dispatch(
     &self,
     pool: &Arc<FunctionPool>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     call: Call,
   ) -> Result<Response<HostBody>, Failure> {
+    // Taken before the request is handed on: the function decides whether
+    // to upgrade (`Deno.upgradeWebSocket`).
+    let upgrade =
+      websocket::is_upgrade_request(request.headers()).then(|| hyper::upgrade::on(&mut request));
     let limit = self.options.max_body_bytes;
     let declared = request
       .headers()
@@ -548,7 +558,7 @@ impl Host {
       return Err(self.instance_died(pool, lease));
     }
     let deadline = tokio::time::Instant::now() + self.options.timeout;
-    let outcome = match tokio::time::timeout_at(deadline, pending.reply).await {
+    let mut outcome = match tokio::time::timeout_at(deadline, pending.reply).await {
       Err(_) => {
         lease.instance.terminate(TerminationCause::Timeout);
         pool.discard(lease);
@@ -560,7 +570,51 @@ impl Host {
       Ok(Err(_)) => return Err(self.instance_died(pool, lease)),
       Ok(Ok(outcome)) => outcome,
     };
-    finish_in_background(pool.clone(), lease, pending.done, deadline, in_flight);
+    let socket = match &mut outcome {
+      Ok(response) => response.upgrade.take(),
+      Err(_) => None,
+    };
+    if let Some(socket) = socket {
+      let Some(upgrade) = upgrade else {
+        // The glue only upgrades requests that asked to (checked in
+        // `Deno.upgradeWebSocket`); hyper refuses the rest.
+        drop(in_flight);
+        let bound = tokio::time::sleep_until(deadline);
+        finish_in_background(pool.clone(), lease, pending.done, bound);
+        return Err(Failure::Internal(format!(
+          "function '{}' upgraded a request that cannot be upgraded",
+          pool.name()
+        )));
+      };
+      // An open socket holds its instance (it is not counted in flight but
+      // in `kiln_websockets_open`); once the relay ends, the isolate sees
+      // the socket close and has the usual timeout to let go of it.
+      drop(in_flight);
+      let (relay_done, relayed) = oneshot::channel::<()>();
+      let relay = websocket::relay(
+        upgrade,
+        socket,
+        self.options.websocket_idle_timeout,
+        pool.name().into(),
+        self.metrics.clone(),
+      );
+      tokio::spawn(async move {
+        relay.await;
+        drop(relay_done);
+      });
+      let timeout = self.options.timeout;
+      let bound = async move {
+        let _ = relayed.await;
+        tokio::time::sleep(timeout).await;
+      };
+      finish_in_background(pool.clone(), lease, pending.done, bound);
+    } else {
+      let bound = async move {
+        let _in_flight = in_flight;
+        tokio::time::sleep_until(deadline).await;
+      };
+      finish_in_background(pool.clone(), lease, pending.done, bound);
+    }
     if pending.too_big.is_some_and(|f| f.load(Ordering::Acquire)) {
       return Err(Failure::TooLarge(limit));
     }
@@ -701,21 +755,22 @@ impl Drop for InFlight {
   }
 }
 
-/// Waits (bounded by the request's deadline) until the instance is done with
-/// the request (response body written), then returns it to the pool.
+/// Waits until the instance is done with the request (response body
+/// written, `waitUntil` work settled, WebSocket closed), then returns it to
+/// the pool; if `bound` completes first, the instance is terminated.
 fn finish_in_background(
   pool: Arc<FunctionPool>,
   lease: Lease,
   done: oneshot::Receiver<()>,
-  deadline: tokio::time::Instant,
-  in_flight: InFlight,
+  bound: impl Future<Output = ()> + Send + 'static,
 ) {
   tokio::spawn(async move {
-    let _in_flight = in_flight;
-    match tokio::time::timeout_at(deadline, done).await {
-      Ok(Ok(())) => pool.release(lease),
-      Ok(Err(_)) => pool.discard(lease),
-      Err(_) => {
+    tokio::select! {
+      finished = done => match finished {
+        Ok(()) => pool.release(lease),
+        Err(_) => pool.discard(lease),
+      },
+      () = bound => {
         tracing::warn!(
           function = pool.name(),
           "response body or waitUntil work not finished within the timeout; instance terminated"

@@ -59,6 +59,8 @@ struct Counters {
   cron_runs: BTreeMap<String, u64>,
   cron_failures: BTreeMap<String, u64>,
   unhandled_errors: BTreeMap<String, u64>,
+  websockets_open: BTreeMap<String, i64>,
+  websockets: BTreeMap<(String, &'static str), u64>,
 }
 
 /// All metrics of one host.
@@ -135,6 +137,22 @@ impl Metrics {
   /// An error escaped a handler of `function` (logged, answered to no one).
   pub fn unhandled_error(&self, function: &str) {
     self.with(|c| *c.unhandled_errors.entry(function.to_string()).or_default() += 1);
+  }
+
+  /// A WebSocket of `function` opened (`+1`) or closed (`-1`).
+  pub fn websocket_open(&self, function: &str, delta: i64) {
+    self.with(|c| *c.websockets_open.entry(function.to_string()).or_default() += delta);
+  }
+
+  /// A WebSocket of `function` ended: `reason` is `closed` (either side
+  /// closed it), `idle` (the host's idle timeout) or `failed` (the upgrade
+  /// did not complete).
+  pub fn websocket_end(&self, function: &str, reason: &'static str) {
+    self.with(|c| {
+      *c.websockets
+        .entry((function.to_string(), reason))
+        .or_default() += 1
+    });
   }
 
   /// Prometheus text exposition format (version 0.0.4).
@@ -229,6 +247,22 @@ impl Metrics {
         c.unhandled_errors
           .iter()
           .map(|(f, n)| (label(f), *n as f64)),
+      );
+      family(
+        &mut out,
+        "kiln_websockets_open",
+        "gauge",
+        "Open WebSockets (each holds one instance), by function.",
+        c.websockets_open.iter().map(|(f, n)| (label(f), *n as f64)),
+      );
+      family(
+        &mut out,
+        "kiln_websockets_total",
+        "counter",
+        "WebSockets ended, by function and how (closed, idle, failed).",
+        c.websockets
+          .iter()
+          .map(|((f, how), n)| (format!("{},how=\"{how}\"", label(f)), *n as f64)),
       );
       out
     })

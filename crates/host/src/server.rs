@@ -306,7 +306,9 @@ async fn connection(
       }
     })
   };
-  let conn = builder.serve_connection(TokioIo::new(stream), service);
+  // With upgrades: a function may take the connection over as a
+  // WebSocket (`Deno.upgradeWebSocket`).
+  let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
   tokio::pin!(conn);
   let mut draining = false;
   loop {

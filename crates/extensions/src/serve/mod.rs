@@ -109,6 +109,10 @@ pub struct ServeResponse {
   pub status: u16,
   pub headers: HeaderList,
   pub body: Option<ResponseBody>,
+  /// A WebSocket upgrade (status 101): the host's end of a socket pair
+  /// whose other end is the isolate's WebSocket. The host relays the
+  /// upgraded connection's bytes through it; closing it closes the socket.
+  pub upgrade: Option<std::os::unix::net::UnixStream>,
 }
 
 /// The handler threw (or returned something that is not a `Response`)
@@ -160,11 +164,14 @@ pub enum ServeOpError {
   #[class(inherit)]
   #[error(transparent)]
   Body(#[from] BodyError),
+  #[class(generic)]
+  #[error("cannot create the WebSocket's socket: {0}")]
+  Socket(#[from] std::io::Error),
 }
 
 deno_core::extension!(
   kiln_serve,
-  deps = [kiln_runtime],
+  deps = [kiln_runtime, deno_websocket],
   ops = [
     op_serve_next,
     op_serve_read,
@@ -175,6 +182,8 @@ deno_core::extension!(
     op_serve_close,
     op_serve_client_gone,
     op_serve_unhandled,
+    op_serve_upgrade,
+    op_serve_websocket_accept,
   ],
   esm_entry_point = "ext:kiln_serve/serve.ts",
   esm = [dir "../../ext_js", "serve.ts"],
@@ -298,8 +307,64 @@ fn op_serve_respond(
     status,
     headers,
     body,
+    upgrade: None,
   }));
   Ok(())
+}
+
+/// Sends the `101 Switching Protocols` head of a WebSocket upgrade and
+/// returns the rid of the server WebSocket (deno_websocket's resource) the
+/// glue hands to the `socket` of `Deno.upgradeWebSocket`.
+///
+/// The isolate never sees the client's connection: it gets one end of a
+/// socket pair, the host the other, and the host relays the upgraded
+/// connection through it (`kiln-host`'s `websocket` module). So the
+/// isolate's side is the same whatever the connection (TCP, TLS in front,
+/// HTTP/1.1 through hyper's protocol detection).
+#[op2]
+#[smi]
+fn op_serve_upgrade(
+  state: &mut OpState,
+  #[smi] rid: ResourceId,
+  #[serde] headers: HeaderList,
+) -> Result<ResourceId, ServeOpError> {
+  let resource = state.resource_table.get::<RequestResource>(rid)?;
+  let reply = resource
+    .reply
+    .borrow_mut()
+    .take()
+    .ok_or(ServeOpError::AlreadyResponded)?;
+  let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+  ours.set_nonblocking(true)?;
+  theirs.set_nonblocking(true)?;
+  let ours = tokio::net::UnixStream::from_std(ours)?;
+  let ws = deno_websocket::ws_create_server_stream(
+    state,
+    deno_net::raw::NetworkStream::Unix(ours),
+    Bytes::new(),
+  );
+  // If the host gave up on the request its end is dropped with the reply:
+  // the socket then reads end-of-stream and closes.
+  let _ = reply.send(Ok(ServeResponse {
+    status: 101,
+    headers,
+    body: None,
+    upgrade: Some(theirs),
+  }));
+  Ok(ws)
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455
+/// section 4.2.2).
+#[op2]
+#[string]
+fn op_serve_websocket_accept(#[string] key: &str) -> String {
+  use base64::Engine as _;
+  use sha1::Digest as _;
+  let mut sha1 = sha1::Sha1::new();
+  sha1.update(key.as_bytes());
+  sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+  base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
 }
 
 /// Writes one response body chunk; resolves `false` when nobody reads the
