@@ -8,6 +8,7 @@ mod cron;
 mod function_snapshots;
 mod hardening;
 mod library;
+mod packages;
 mod platform;
 mod serve;
 

@@ -3,8 +3,10 @@
 //! `.ts`/`.mts`/`.tsx` are transpiled with deno_ast at load (once per process
 //! per source text, then served from a cache); `.js`/`.mjs` run as they are;
 //! `.json` loads as a JSON module, only when imported `with { type: "json" }`.
-//! Remote and package specifiers (`npm:`, `jsr:`, `http:`, …) are refused
-//! with a clear error: kiln never touches the network to load code.
+//! Bare and `npm:` specifiers resolve from `node_modules`, and a `deno.json`'s
+//! `"imports"` apply (see [`super::packages`]). Remote specifiers (`jsr:`,
+//! `http:`, …) are refused with a clear error: kiln never touches the network
+//! to load code.
 //!
 //! Every module is a regular file no larger than [`ModuleAccess::max_bytes`],
 //! opened without blocking and read with a bounded reader, so a device or a
@@ -14,6 +16,7 @@
 //! which files exist outside.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,6 +40,10 @@ use deno_core::error::ModuleLoaderError;
 use deno_error::JsErrorBox;
 
 use super::code_cache::CodeCache;
+use super::packages;
+use super::packages::CommonJs;
+use super::packages::PackageFile;
+use super::packages::Packages;
 use kiln_pipeline::transpile;
 use kiln_pipeline::transpile::TranspileError;
 
@@ -95,6 +102,11 @@ pub struct FsModuleLoader {
   loaded: Option<RefCell<Vec<LoadedModule>>>,
   /// Where V8 code caches of loaded modules are kept, if anywhere.
   code_cache: Option<CodeCache>,
+  /// Package resolution, set up on the first import that needs it.
+  packages: OnceCell<Packages>,
+  /// Files resolved as package entry points, by specifier (checked for
+  /// CommonJS when loaded).
+  package_files: RefCell<HashMap<String, PackageFile>>,
 }
 
 /// A module read from a file: its specifier and the SHA-256 of its text.
@@ -128,7 +140,6 @@ enum ReadError {
 
 /// Schemes kiln refuses to load, with what they are.
 const UNSUPPORTED_SCHEMES: &[(&str, &str)] = &[
-  ("npm:", "npm packages"),
   ("jsr:", "jsr packages"),
   ("node:", "Node.js built-in modules"),
   ("http:", "remote modules"),
@@ -155,17 +166,7 @@ impl ModuleLoader for FsModuleLoader {
     referrer: &str,
     _kind: ResolutionKind,
   ) -> Result<ModuleSpecifier, ModuleLoaderError> {
-    if let Some(err) = unsupported(specifier) {
-      return Err(err);
-    }
-    let resolved = deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)?;
-    if resolved.scheme() != "file" {
-      return Err(unsupported(resolved.as_str()).unwrap_or_else(|| {
-        JsErrorBox::type_error(format!(
-          "unsupported import '{specifier}': kiln loads local files only"
-        ))
-      }));
-    }
+    let resolved = self.resolve_specifier(specifier, referrer)?;
     if self.access.root.is_some() {
       self
         .written
@@ -211,6 +212,104 @@ impl ModuleLoader for FsModuleLoader {
 }
 
 impl FsModuleLoader {
+  /// Resolves an import: through the import map and `node_modules` when it
+  /// names a package, else as a URL relative to `referrer`.
+  fn resolve_specifier(
+    &self,
+    specifier: &str,
+    referrer: &str,
+  ) -> Result<ModuleSpecifier, JsErrorBox> {
+    let context = self.referrer_context(referrer);
+    let mut specifier = Cow::Borrowed(specifier);
+    if let Some((real_referrer, dir)) = &context {
+      let mapped = self
+        .packages()
+        .map_import(&specifier, real_referrer, dir)
+        .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+      if let Some(mapped) = mapped {
+        if mapped.scheme() == "file" {
+          return self.specifier_for(&mapped);
+        }
+        specifier = Cow::Owned(mapped.to_string());
+      }
+    }
+    if specifier.starts_with("npm:") || packages::is_bare(&specifier) {
+      let Some((_, dir)) = &context else {
+        return Err(JsErrorBox::type_error(format!(
+          "cannot resolve '{specifier}' from {referrer}: packages are imported from files"
+        )));
+      };
+      let (path, file) = self
+        .packages()
+        .resolve_package(&specifier, referrer, dir)
+        .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+      let url = ModuleSpecifier::from_file_path(&path)
+        .map_err(|()| JsErrorBox::type_error(format!("not a file path: {}", path.display())))?;
+      let resolved = self.specifier_for(&url)?;
+      self
+        .package_files
+        .borrow_mut()
+        .insert(resolved.to_string(), file);
+      return Ok(resolved);
+    }
+    if let Some(err) = unsupported(&specifier) {
+      return Err(err);
+    }
+    let resolved = deno_core::resolve_import(&specifier, referrer).map_err(JsErrorBox::from_err)?;
+    if resolved.scheme() != "file" {
+      return Err(unsupported(resolved.as_str()).unwrap_or_else(|| {
+        JsErrorBox::type_error(format!(
+          "unsupported import '{specifier}': kiln loads local files only"
+        ))
+      }));
+    }
+    Ok(resolved)
+  }
+
+  fn packages(&self) -> &Packages {
+    self
+      .packages
+      .get_or_init(|| Packages::new(self.access.root.clone()))
+  }
+
+  /// For a file module referrer: its URL on the real file system and its
+  /// directory.
+  fn referrer_context(&self, referrer: &str) -> Option<(ModuleSpecifier, PathBuf)> {
+    let url = ModuleSpecifier::parse(referrer).ok()?;
+    if url.scheme() != "file" {
+      return None;
+    }
+    // A module served from memory counts as the file it is named after.
+    let path = self.file_path(&url).ok()?;
+    let dir = path.parent()?.to_path_buf();
+    let real = ModuleSpecifier::from_file_path(&path).ok()?;
+    Some((real, dir))
+  }
+
+  /// The specifier of a real file: relocated under the app's base when it
+  /// lies in the app's root.
+  fn specifier_for(&self, url: &ModuleSpecifier) -> Result<ModuleSpecifier, JsErrorBox> {
+    let Some(relocation) = &self.relocation else {
+      return Ok(url.clone());
+    };
+    let path = url
+      .to_file_path()
+      .map_err(|()| JsErrorBox::type_error(format!("not a file path: {url}")))?;
+    let relative = path.strip_prefix(&relocation.root).map_err(|_| {
+      JsErrorBox::type_error(format!(
+        "cannot load module {url}: outside the app root {}",
+        relocation.root.display()
+      ))
+    })?;
+    // The relative path, percent-encoded as a URL path.
+    let encoded = ModuleSpecifier::from_file_path(Path::new("/").join(relative))
+      .map_err(|()| JsErrorBox::type_error(format!("not a file path: {url}")))?;
+    relocation
+      .base
+      .join(encoded.path().trim_start_matches('/'))
+      .map_err(|e| JsErrorBox::type_error(format!("{url}: {e}")))
+  }
+
   /// A loader that loads what `access` allows.
   pub fn new(access: ModuleAccess) -> Self {
     FsModuleLoader {
@@ -372,6 +471,7 @@ impl FsModuleLoader {
         format!("cannot load module {}{from}: {e}", path.display()),
       )
     })?;
+    self.check_package_format(specifier, &path, &source)?;
     if let Some(loaded) = &self.loaded {
       loaded.borrow_mut().push((
         specifier.to_string(),
@@ -420,6 +520,34 @@ impl FsModuleLoader {
       specifier,
       code_cache,
     ))
+  }
+}
+
+impl FsModuleLoader {
+  /// Refuses a package entry point Node would run as CommonJS.
+  fn check_package_format(
+    &self,
+    specifier: &ModuleSpecifier,
+    path: &Path,
+    source: &str,
+  ) -> Result<(), JsErrorBox> {
+    let files = self.package_files.borrow();
+    let Some(file) = files.get(specifier.as_str()) else {
+      return Ok(());
+    };
+    let commonjs = match file.commonjs {
+      None => false,
+      Some(CommonJs::Declared) => true,
+      Some(CommonJs::ByDefault) => !transpile::has_module_syntax(specifier, source),
+    };
+    if commonjs {
+      return Err(JsErrorBox::type_error(format!(
+        "cannot load package '{}': {} is CommonJS, and kiln runs ES modules only (use a version of the package with an ES module build, or bundle it)",
+        file.package,
+        path.display()
+      )));
+    }
+    Ok(())
   }
 }
 

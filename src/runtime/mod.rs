@@ -8,6 +8,7 @@
 mod allocator;
 mod code_cache;
 pub(crate) mod loader;
+mod packages;
 
 use std::path::Path;
 use std::path::PathBuf;

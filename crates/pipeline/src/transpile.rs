@@ -246,3 +246,46 @@ mod tests {
     assert!(!facts.exports_main);
   }
 }
+
+/// Whether JavaScript `code` is written as an ES module (has an `import`
+/// or `export` declaration), the way Node.js tells a `.js` file of a
+/// package without a `"type"` apart from CommonJS. Code that does not parse
+/// counts as a module: loading it then reports the real syntax error.
+pub fn has_module_syntax(specifier: &ModuleSpecifier, code: &str) -> bool {
+  let parsed = deno_ast::parse_program(ParseParams {
+    specifier: specifier.clone(),
+    text: code.into(),
+    media_type: MediaType::JavaScript,
+    capture_tokens: false,
+    scope_analysis: false,
+    maybe_syntax: None,
+  });
+  match parsed {
+    Err(_) => true,
+    Ok(parsed) => match parsed.program_ref() {
+      deno_ast::ProgramRef::Module(module) => module
+        .body
+        .iter()
+        .any(|item| matches!(item, deno_ast::swc::ast::ModuleItem::ModuleDecl(_))),
+      deno_ast::ProgramRef::Script(_) => false,
+    },
+  }
+}
+
+#[cfg(test)]
+mod module_syntax_tests {
+  use super::*;
+
+  #[test]
+  fn tells_es_modules_from_commonjs() {
+    let url = ModuleSpecifier::parse("file:///p/index.js").unwrap();
+    assert!(has_module_syntax(&url, "export const a = 1;"));
+    assert!(has_module_syntax(&url, "import x from './x.js'; x();"));
+    assert!(!has_module_syntax(&url, "module.exports = { a: 1 };"));
+    assert!(!has_module_syntax(
+      &url,
+      "const fs = require('fs'); exports.a = 1;"
+    ));
+    assert!(has_module_syntax(&url, "export const = ;"));
+  }
+}
