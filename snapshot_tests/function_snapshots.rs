@@ -188,6 +188,27 @@ async fn a_function_that_cannot_be_baked_is_served_from_its_modules_with_a_warni
 }
 
 #[tokio::test]
+async fn functions_are_served_when_none_of_them_can_be_baked() {
+  let dir = tempfile::tempdir().unwrap();
+  let fns = dir.path().join("functions");
+  write(
+    &fns.join("ticking.ts"),
+    "setInterval(() => {}, 1000);\nexport default { fetch: () => new Response(\"ticking\") };\n",
+  );
+  let server = serve(&fns, &dir.path().join("cache"), &[], &[]);
+  wait_ready(&server).await;
+  assert_eq!(
+    server.get("/ticking").await,
+    (StatusCode::OK, "ticking".into())
+  );
+  let log = server.stderr();
+  assert!(
+    log.contains("baked a snapshot of 0 of 1 functions"),
+    "{log}"
+  );
+}
+
+#[tokio::test]
 async fn cron_jobs_declared_at_a_baked_top_level_run_once_per_tick() {
   let dir = tempfile::tempdir().unwrap();
   let fns = dir.path().join("functions");

@@ -70,6 +70,23 @@ const PACKAGES: &[(&str, &str)] = &[
     "node_modules/@kiln-test/scoped/cjs.js",
     r#"module.exports = "cjs";"#,
   ),
+  // Written for bundlers: no "type", extensionless and directory imports.
+  (
+    "node_modules/bundler-style/package.json",
+    r#"{ "name": "bundler-style", "module": "dist/index.js", "main": "cjs/index.js" }"#,
+  ),
+  (
+    "node_modules/bundler-style/dist/index.js",
+    r#"export { part } from "./part"; export { nested } from "./nested";"#,
+  ),
+  (
+    "node_modules/bundler-style/dist/part.js",
+    r#"export const part = "part";"#,
+  ),
+  (
+    "node_modules/bundler-style/dist/nested/index.js",
+    r#"export const nested = "nested";"#,
+  ),
   (
     "node_modules/cjs-only/package.json",
     r#"{ "name": "cjs-only", "version": "1.0.0", "main": "index.js" }"#,
@@ -88,10 +105,11 @@ import { mapped } from "mapped";
 import { other } from "alias/other.js";
 import { which as viaMap } from "pkg";
 import { feature as viaMapSubpath } from "pkg/feature";
-export const seen = [which, feature, scoped, mapped, other, viaMap, viaMapSubpath];
+import { part, nested } from "bundler-style";
+export const seen = [which, feature, scoped, mapped, other, viaMap, viaMapSubpath, part, nested];
 "#;
 
-const EXPECTED: &str = r#"["workerd with #util","browser feature","module field","mapped via deno.json","alias dir","workerd with #util","browser feature"]"#;
+const EXPECTED: &str = r#"["workerd with #util","browser feature","module field","mapped via deno.json","alias dir","workerd with #util","browser feature","part","nested"]"#;
 
 const DENO_JSON: &[(&str, &str)] = &[
   (

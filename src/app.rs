@@ -366,7 +366,11 @@ impl AppImage {
   /// (when it runs at launch) from memory, the baked modules' source maps.
   pub(crate) fn loader(&self, access: ModuleAccess) -> Result<FsModuleLoader, AppError> {
     let mut loader = FsModuleLoader::new(access);
-    if let Some(code) = self.payload.entry_code {
+    // A host's image may hold no entry at all (none of its functions
+    // could be baked): then there is no entry code either.
+    if let Some(code) = self.payload.entry_code
+      && !self.payload.entries.is_empty()
+    {
       loader = loader.with_module(&self.entry()?, code.into());
     }
     for (specifier, map) in &self.payload.source_maps {

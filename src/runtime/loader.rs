@@ -233,6 +233,14 @@ impl FsModuleLoader {
         specifier = Cow::Owned(mapped.to_string());
       }
     }
+    if let Some((_, dir)) = &context
+      && (specifier.starts_with("./") || specifier.starts_with("../"))
+      && let Some(path) = self.packages().resolve_in_package(&specifier, dir)
+    {
+      let url = ModuleSpecifier::from_file_path(&path)
+        .map_err(|()| JsErrorBox::type_error(format!("not a file path: {}", path.display())))?;
+      return self.specifier_for(&url);
+    }
     if specifier.starts_with("npm:") || packages::is_bare(&specifier) {
       let Some((_, dir)) = &context else {
         return Err(JsErrorBox::type_error(format!(

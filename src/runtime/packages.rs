@@ -11,6 +11,9 @@
 //! - A package file Node would run as CommonJS (`.cjs`, `"type":
 //!   "commonjs"`, or a `.js` file of a package without `"type"` that has no
 //!   `import`/`export`) is refused with an error naming the package.
+//! - Inside `node_modules`, a relative import without its extension (or of
+//!   a directory) resolves as bundlers resolve it: many packages publish
+//!   ES modules written for bundlers.
 //! - The import map of a module is the `deno.json` nearest above it (never
 //!   above the confinement root); modules inside `node_modules` use none.
 //! - Under a confinement root (`kiln serve`) the resolver sees no file
@@ -106,10 +109,7 @@ impl Packages {
     referrer: &ModuleSpecifier,
     referrer_dir: &Path,
   ) -> Result<Option<ModuleSpecifier>, PackageError> {
-    if referrer_dir
-      .components()
-      .any(|c| c.as_os_str() == "node_modules")
-    {
+    if in_node_modules(referrer_dir) {
       return Ok(None);
     }
     let Some(map) = self.import_map_for(referrer_dir)? else {
@@ -174,6 +174,28 @@ impl Packages {
   }
 }
 
+impl Packages {
+  /// A relative import inside a package, resolved the way bundlers do
+  /// (packages published for them leave out extensions and `/index.js`);
+  /// `None` when the directory is not inside `node_modules` or nothing
+  /// matches.
+  pub fn resolve_in_package(&self, specifier: &str, referrer_dir: &Path) -> Option<PathBuf> {
+    if !in_node_modules(referrer_dir) {
+      return None;
+    }
+    let exact = referrer_dir.join(specifier);
+    if exact.is_file() {
+      return None;
+    }
+    let resolution = self.resolver.resolve(referrer_dir, specifier).ok()?;
+    Some(resolution.full_path())
+  }
+}
+
+fn in_node_modules(dir: &Path) -> bool {
+  dir.components().any(|c| c.as_os_str() == "node_modules")
+}
+
 /// Whether `specifier` is bare: not relative, not absolute, not a URL.
 pub fn is_bare(specifier: &str) -> bool {
   !(specifier.starts_with("./")
@@ -223,11 +245,21 @@ pub fn package_name(request: &str) -> Option<&str> {
 
 fn describe(error: &ResolveError, request: &str) -> String {
   match error {
-    ResolveError::NotFound(_) => match package_name(request) {
-      Some(name) => format!("no package '{name}' in node_modules (or no such file in it)"),
-      None => format!("'{request}' is not mapped by the package's \"imports\""),
-    },
+    ResolveError::NotFound(_) => not_found(request),
+    // Under a confinement root, what lies outside reads as missing.
+    ResolveError::IOError(e)
+      if std::io::Error::from(e.clone()).kind() == std::io::ErrorKind::NotFound =>
+    {
+      not_found(request)
+    }
     other => other.to_string(),
+  }
+}
+
+fn not_found(request: &str) -> String {
+  match package_name(request) {
+    Some(name) => format!("no package '{name}' in node_modules (or no such file in it)"),
+    None => format!("'{request}' is not mapped by the package's \"imports\""),
   }
 }
 
