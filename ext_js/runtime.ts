@@ -28,6 +28,7 @@ const {
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectGetOwnPropertyDescriptor,
+  ReflectApply,
   SymbolFor,
   TypeError,
 } = primordials;
@@ -236,17 +237,11 @@ ObjectDefineProperties(globalThis, {
   PerformanceMark: writable(performance.PerformanceMark),
   PerformanceMeasure: writable(performance.PerformanceMeasure),
   performance: writable(performance.performance),
-  // Web Crypto: the `crypto` singleton is created on first use, at run time
-  // (its random state must never be baked).
+  // Web Crypto. While baking, `crypto` is a stand-in (see below): code may
+  // look at it, not use it.
   crypto: {
     get(): unknown {
-      if (baking) {
-        // Its objects live in a heap a snapshot cannot hold.
-        throw new Error(
-          "cannot bake: Web Crypto (crypto) was used while the code was evaluated (use it at launch: in main() or a handler)",
-        );
-      }
-      return cryptoMod.crypto;
+      return baking ? cryptoWhileBaking : cryptoMod.crypto;
     },
     enumerable: true,
     configurable: true,
@@ -265,6 +260,57 @@ ObjectDefineProperties(globalThis, {
 });
 
 (event.saveGlobalThisReference as (g: typeof globalThis) => void)(globalThis);
+
+/**
+ * What `crypto` is while code is baked. Libraries feature-detect Web Crypto
+ * at their top level (`if (crypto && crypto.subtle)`), which must not stop
+ * a bake; using it must: random values or keys made then would be the same
+ * in every launch, and its key objects live in a heap a snapshot cannot
+ * hold. So each method throws while baking and, once thawed, forwards to
+ * the real object: a reference kept at bake (`const { subtle } = crypto`)
+ * works at run time.
+ */
+function forwarding(
+  target: () => Record<string, unknown>,
+  methods: string[],
+): Record<string, unknown> {
+  const standIn: Record<string, unknown> = {};
+  for (let i = 0; i < methods.length; i++) {
+    const name = methods[i];
+    standIn[name] = function (...args: unknown[]): unknown {
+      if (baking) {
+        throw new Error(
+          "cannot bake: Web Crypto (crypto) was used while the code was evaluated (use it at launch: in main() or a handler)",
+        );
+      }
+      const real = target();
+      return ReflectApply(real[name] as () => unknown, real, args);
+    };
+  }
+  return standIn;
+}
+const realCrypto = () => cryptoMod.crypto as Record<string, unknown>;
+const subtleWhileBaking = ObjectFreeze(forwarding(
+  () => realCrypto().subtle as Record<string, unknown>,
+  [
+    "encrypt",
+    "decrypt",
+    "sign",
+    "verify",
+    "digest",
+    "generateKey",
+    "deriveKey",
+    "deriveBits",
+    "importKey",
+    "exportKey",
+    "wrapKey",
+    "unwrapKey",
+  ],
+));
+const cryptoWhileBaking = ObjectFreeze({
+  ...forwarding(realCrypto, ["getRandomValues", "randomUUID"]),
+  subtle: subtleWhileBaking,
+});
 
 
 /**

@@ -165,11 +165,24 @@ fn missing_import_is_one_line() {
 }
 
 #[test]
-fn npm_and_http_imports_are_refused_in_one_line() {
+fn remote_imports_and_missing_packages_fail_in_one_line() {
   let dir = tempfile::tempdir().unwrap();
-  for (name, spec) in [
-    ("npm.ts", "npm:left-pad"),
-    ("http.ts", "http://example.com/x.js"),
+  for (name, spec, expected) in [
+    (
+      "npm.ts",
+      "npm:left-pad",
+      "cannot resolve 'npm:left-pad' from file://",
+    ),
+    (
+      "http.ts",
+      "http://example.com/x.js",
+      "unsupported import 'http://example.com/x.js'",
+    ),
+    (
+      "jsr.ts",
+      "jsr:@std/path",
+      "unsupported import 'jsr:@std/path'",
+    ),
   ] {
     let file = write(
       dir.path(),
@@ -177,7 +190,7 @@ fn npm_and_http_imports_are_refused_in_one_line() {
       &format!("import leftPad from '{spec}';\nconsole.log(leftPad);\n"),
     );
     let o = run(&["run", file.to_str().unwrap()]);
-    assert_one_line_error(&o, &format!("unsupported import '{spec}'"));
+    assert_one_line_error(&o, expected);
   }
 }
 

@@ -209,6 +209,51 @@ async fn functions_are_served_when_none_of_them_can_be_baked() {
 }
 
 #[tokio::test]
+async fn web_crypto_may_be_detected_at_a_baked_top_level_but_not_used() {
+  let dir = tempfile::tempdir().unwrap();
+  let fns = dir.path().join("functions");
+  // As Hono's etag middleware does: look at crypto.subtle at top level,
+  // use it per request (here through a reference kept at bake).
+  write(
+    &fns.join("detects.ts"),
+    r#"const subtle = (crypto && crypto.subtle) ? crypto.subtle : null;
+export default {
+  async fetch() {
+    const digest = new Uint8Array(await subtle!.digest("SHA-256", new TextEncoder().encode("abc")));
+    return new Response(Array.from(digest.slice(0, 4), (b) => b.toString(16).padStart(2, "0")).join("") + " " + crypto.randomUUID().length);
+  },
+};
+"#,
+  );
+  write(
+    &fns.join("rolls.ts"),
+    "const id = crypto.randomUUID();
+export default { fetch: () => new Response(id) };
+",
+  );
+  let server = serve(&fns, &dir.path().join("cache"), &[], &[]);
+  wait_ready(&server).await;
+  assert_eq!(
+    server.get("/detects").await,
+    (StatusCode::OK, "ba7816bf 36".into())
+  );
+  let (status, id) = server.get("/rolls").await;
+  assert_eq!((status, id.len()), (StatusCode::OK, 36));
+  let log = server.stderr();
+  assert!(
+    log.contains("baked a snapshot of 1 of 2 functions"),
+    "{log}"
+  );
+  assert!(
+    log.contains(
+      "function 'rolls' cannot be started from a snapshot, serving it from its modules: "
+    ) && log
+      .contains("Error: cannot bake: Web Crypto (crypto) was used while the code was evaluated"),
+    "{log}"
+  );
+}
+
+#[tokio::test]
 async fn cron_jobs_declared_at_a_baked_top_level_run_once_per_tick() {
   let dir = tempfile::tempdir().unwrap();
   let fns = dir.path().join("functions");
