@@ -130,15 +130,7 @@ pub fn module_facts(
 ) -> Result<ModuleFacts, TranspileError> {
   use deno_ast::swc::ast;
 
-  let parsed = deno_ast::parse_module(ParseParams {
-    specifier: specifier.clone(),
-    text: code.into(),
-    media_type: MediaType::JavaScript,
-    capture_tokens: false,
-    scope_analysis: false,
-    maybe_syntax: None,
-  })
-  .map_err(|d| syntax_error(&d))?;
+  let parsed = deno_ast::parse_module(javascript(specifier, code)).map_err(|d| syntax_error(&d))?;
   let deno_ast::ProgramRef::Module(module) = parsed.program_ref() else {
     return Ok(ModuleFacts::default());
   };
@@ -247,19 +239,24 @@ mod tests {
   }
 }
 
-/// Whether JavaScript `code` is written as an ES module (has an `import`
-/// or `export` declaration), the way Node.js tells a `.js` file of a
-/// package without a `"type"` apart from CommonJS. Code that does not parse
-/// counts as a module: loading it then reports the real syntax error.
-pub fn has_module_syntax(specifier: &ModuleSpecifier, code: &str) -> bool {
-  let parsed = deno_ast::parse_program(ParseParams {
+/// What parsing JavaScript `code` takes.
+fn javascript(specifier: &ModuleSpecifier, code: &str) -> ParseParams {
+  ParseParams {
     specifier: specifier.clone(),
     text: code.into(),
     media_type: MediaType::JavaScript,
     capture_tokens: false,
     scope_analysis: false,
     maybe_syntax: None,
-  });
+  }
+}
+
+/// Whether JavaScript `code` is written as an ES module (has an `import`
+/// or `export` declaration), the way Node.js tells a `.js` file of a
+/// package without a `"type"` apart from CommonJS. Code that does not parse
+/// counts as a module: loading it then reports the real syntax error.
+pub fn has_module_syntax(specifier: &ModuleSpecifier, code: &str) -> bool {
+  let parsed = deno_ast::parse_program(javascript(specifier, code));
   match parsed {
     Err(_) => true,
     Ok(parsed) => match parsed.program_ref() {

@@ -269,6 +269,22 @@ async fn op_serve_read(
   }
 }
 
+type Reply = oneshot::Sender<Result<ServeResponse, HandlerError>>;
+
+/// The request and the channel its response head goes out on (once).
+fn take_reply(
+  state: &OpState,
+  rid: ResourceId,
+) -> Result<(Rc<RequestResource>, Reply), ServeOpError> {
+  let resource = state.resource_table.get::<RequestResource>(rid)?;
+  let reply = resource
+    .reply
+    .borrow_mut()
+    .take()
+    .ok_or(ServeOpError::AlreadyResponded)?;
+  Ok((resource, reply))
+}
+
 /// Sends the response head. With `has_body`, the body follows through
 /// `op_serve_write`.
 #[op2]
@@ -283,12 +299,7 @@ fn op_serve_respond(
   if !(200..=599).contains(&status) {
     return Err(ServeOpError::Status(status));
   }
-  let resource = state.resource_table.get::<RequestResource>(rid)?;
-  let reply = resource
-    .reply
-    .borrow_mut()
-    .take()
-    .ok_or(ServeOpError::AlreadyResponded)?;
+  let (resource, reply) = take_reply(state, rid)?;
   let body = if has_body {
     // A small buffer: the handler runs ahead of the client by a few chunks
     // at most (back-pressure through op_serve_write).
@@ -328,12 +339,7 @@ fn op_serve_upgrade(
   #[smi] rid: ResourceId,
   #[serde] headers: HeaderList,
 ) -> Result<ResourceId, ServeOpError> {
-  let resource = state.resource_table.get::<RequestResource>(rid)?;
-  let reply = resource
-    .reply
-    .borrow_mut()
-    .take()
-    .ok_or(ServeOpError::AlreadyResponded)?;
+  let (_, reply) = take_reply(state, rid)?;
   let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
   ours.set_nonblocking(true)?;
   theirs.set_nonblocking(true)?;
