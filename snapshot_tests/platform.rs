@@ -161,7 +161,7 @@ await new Promise<void>((resolve, reject) => {
     }
   };
   ws.onclose = (e) => { got.push(`closed ${e.code} ${e.wasClean}`); resolve(); };
-  ws.onerror = (e) => reject(new Error(`socket error: ${(e as ErrorEvent).message}`));
+  ws.onerror = (e) => reject(new Error(`socket error: ${(e as ErrorEvent).message} ${(e as ErrorEvent).error?.stack}`));
 });
 console.log(JSON.stringify({ protocol: ws.protocol, got, openWhileConnected }));
 "#;
@@ -235,6 +235,44 @@ async fn a_function_upgrades_to_a_websocket_that_a_kiln_run_client_talks_to() {
     ),
     1.0,
     "{metrics}"
+  );
+}
+
+#[tokio::test]
+async fn a_function_is_a_websocket_client_too() {
+  // Connects to the echo function through the host it is served by (the
+  // test's client sends no Host header: the address comes in the query).
+  let client = r#"
+    export default {
+      async fetch(request: Request): Promise<Response> {
+        const ws = new WebSocket(new URL(request.url).searchParams.get("to")!);
+        const got: string[] = [];
+        await new Promise<void>((resolve, reject) => {
+          ws.onmessage = (e) => {
+            got.push(String(e.data));
+            if (got.length === 1) ws.send("from a function");
+            else ws.close();
+          };
+          ws.onclose = () => resolve();
+          ws.onerror = (e) => reject(new Error(`socket error: ${(e as ErrorEvent).message} ${(e as ErrorEvent).error?.stack}`));
+        });
+        return Response.json(got);
+      },
+    };
+  "#;
+  let server = Server::start(
+    &[("echo.ts", ECHO), ("client.ts", client)],
+    &["--expose-errors"],
+    &[],
+  );
+  assert_eq!(
+    server
+      .get(&format!("/client?to=ws://{}/echo", server.addr))
+      .await,
+    (
+      StatusCode::OK,
+      r#"["hello (no protocol)","echo: from a function"]"#.into()
+    )
   );
 }
 
