@@ -289,7 +289,7 @@ async fn an_idle_websocket_is_closed_and_releases_its_instance() {
     const events: string[] = [];
     await new Promise<void>((resolve) => {
       ws.onmessage = (e) => events.push(String(e.data));
-      ws.onclose = () => resolve();
+      ws.onclose = (e) => { events.push(`closed ${e.code} ${e.reason}`); resolve(); };
     });
     console.log(JSON.stringify({ events, ms: Date.now() - started }));
   "#;
@@ -314,7 +314,10 @@ async fn an_idle_websocket_is_closed_and_releases_its_instance() {
     String::from_utf8_lossy(&output.stderr)
   );
   let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-  assert_eq!(seen["events"], serde_json::json!(["hello (no protocol)"]));
+  assert_eq!(
+    seen["events"],
+    serde_json::json!(["hello (no protocol)", "closed 1001 idle timeout"])
+  );
   assert!(seen["ms"].as_u64().unwrap() >= 300, "{seen}");
   // The one instance is free again.
   assert_eq!(

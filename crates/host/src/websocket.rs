@@ -81,6 +81,12 @@ pub(crate) async fn relay(
   metrics.websocket_end(&function, end.label());
 }
 
+/// An unmasked close frame (server to client, RFC 6455 section 5.5.1):
+/// code 1001, reason "idle timeout".
+const IDLE_CLOSE_FRAME: [u8; 16] = [
+  0x88, 14, 0x03, 0xe9, b'i', b'd', b'l', b'e', b' ', b't', b'i', b'm', b'e', b'o', b'u', b't',
+];
+
 async fn copy_both_ways<C>(client: C, mut isolate: tokio::net::UnixStream, idle: Duration) -> End
 where
   C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -106,6 +112,12 @@ where
       () = tokio::time::sleep(idle) => break End::Idle,
     }
   };
+  if end == End::Idle {
+    // Nothing is in flight (idle both ways), so a frame of ours cannot
+    // split one of the isolate's: tell the client why, as a WebSocket
+    // close (1001, "going away").
+    let _ = client_write.write_all(&IDLE_CLOSE_FRAME).await;
+  }
   // Whatever the isolate wrote last (its close frame) goes out before the
   // connection ends; both ends then see end-of-stream.
   let _ = client_write.flush().await;
@@ -141,9 +153,12 @@ mod tests {
     far_client.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"pong");
     assert_eq!(relay.await.unwrap(), End::Idle);
-    // Both far ends see the end of the stream.
+    // The client gets a close frame, then both far ends see the end of the
+    // stream.
+    let mut close = Vec::new();
+    far_client.read_to_end(&mut close).await.unwrap();
+    assert_eq!(close, IDLE_CLOSE_FRAME);
     assert_eq!(far_isolate.read(&mut buf).await.unwrap(), 0);
-    assert_eq!(far_client.read(&mut buf).await.unwrap(), 0);
   }
 
   #[tokio::test]
