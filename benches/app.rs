@@ -27,6 +27,7 @@ use kiln_host::Host;
 use kiln_host::HostOptions;
 
 mod fixture;
+mod loopback;
 
 fn on_path(name: &str) -> Option<PathBuf> {
   std::env::var_os("PATH").and_then(|paths| {
@@ -172,25 +173,15 @@ fn start_host(
     baker: PathBuf::from(env!("CARGO_BIN_EXE_kiln")),
     cache_dir: cache.to_path_buf(),
   });
+  let (host, addr) = loopback::serve(tokio, options);
   tokio.block_on(async {
-    let host = Host::new(options).expect("host");
-    host.start();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-      .await
-      .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(kiln_host::serve(
-      host.clone(),
-      listener,
-      std::future::pending(),
-    ));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !host.is_ready() {
       assert!(Instant::now() < deadline, "host never ready");
       tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (host, addr)
-  })
+  });
+  (host, addr)
 }
 
 fn app_serve(c: &mut Criterion) {

@@ -12,6 +12,8 @@
 //! - `warm_throughput`: 128 requests over 8 concurrent keep-alive
 //!   connections, 2 instances (throughput; criterion reports elements/s).
 
+mod loopback;
+
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,20 +102,7 @@ fn serve(c: &mut Criterion) {
   // Cold means cold: no instance is started ahead of a request.
   options.warm_instances = 0;
   options.idle_timeout = Duration::from_secs(3600);
-  let (host, addr) = tokio.block_on(async {
-    let host = Host::new(options).expect("host");
-    host.start();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-      .await
-      .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(kiln_host::serve(
-      host.clone(),
-      listener,
-      std::future::pending(),
-    ));
-    (host, addr)
-  });
+  let (host, addr) = loopback::serve(&tokio, options);
   let host: Arc<Host> = host;
 
   let mut g = c.benchmark_group("serve");
