@@ -96,21 +96,16 @@ fn specifier_for(path: &Path, root: Option<&Path>) -> Result<ModuleSpecifier, Ap
   let Some(root) = root else {
     return ModuleSpecifier::from_file_path(path).map_err(|_| AppError::EntryNotFound(path.into()));
   };
-  let relative = path.strip_prefix(root).map_err(|_| AppError::OutsideRoot {
-    entry: path.display().to_string(),
+  let relocation = Relocation {
+    base: app_base(),
     root: root.to_path_buf(),
-  })?;
-  let mut url = app_base();
-  let segments: Vec<String> = relative
-    .components()
-    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-    .collect();
-  url
-    .path_segments_mut()
-    .map_err(|_| AppError::EntryNotFound(path.into()))?
-    .pop_if_empty()
-    .extend(segments);
-  Ok(url)
+  };
+  relocation
+    .specifier_of(path)
+    .ok_or_else(|| AppError::OutsideRoot {
+      entry: path.display().to_string(),
+      root: root.to_path_buf(),
+    })
 }
 
 fn app_base() -> ModuleSpecifier {

@@ -119,6 +119,21 @@ pub struct Relocation {
   pub root: PathBuf,
 }
 
+impl Relocation {
+  /// The specifier of the file at `path` (`base` + its path below `root`);
+  /// `None` outside `root`.
+  pub fn specifier_of(&self, path: &Path) -> Option<ModuleSpecifier> {
+    let relative = path.strip_prefix(&self.root).ok()?;
+    let mut url = self.base.clone();
+    url.path_segments_mut().ok()?.pop_if_empty().extend(
+      relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy()),
+    );
+    Some(url)
+  }
+}
+
 /// Why a module file could not be read.
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
@@ -227,8 +242,10 @@ impl FsModuleLoader {
         .map_import(&specifier, real_referrer, dir)
         .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
       if let Some(mapped) = mapped {
-        if mapped.scheme() == "file" {
-          return self.specifier_for(&mapped);
+        if mapped.scheme() == "file"
+          && let Ok(path) = mapped.to_file_path()
+        {
+          return self.specifier_for(&path);
         }
         specifier = Cow::Owned(mapped.to_string());
       }
@@ -237,9 +254,7 @@ impl FsModuleLoader {
       && (specifier.starts_with("./") || specifier.starts_with("../"))
       && let Some(path) = self.packages().resolve_in_package(&specifier, dir)
     {
-      let url = ModuleSpecifier::from_file_path(&path)
-        .map_err(|()| JsErrorBox::type_error(format!("not a file path: {}", path.display())))?;
-      return self.specifier_for(&url);
+      return self.specifier_for(&path);
     }
     if specifier.starts_with("npm:") || packages::is_bare(&specifier) {
       let Some((_, dir)) = &context else {
@@ -251,9 +266,7 @@ impl FsModuleLoader {
         .packages()
         .resolve_package(&specifier, referrer, dir)
         .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
-      let url = ModuleSpecifier::from_file_path(&path)
-        .map_err(|()| JsErrorBox::type_error(format!("not a file path: {}", path.display())))?;
-      let resolved = self.specifier_for(&url)?;
+      let resolved = self.specifier_for(&path)?;
       self
         .package_files
         .borrow_mut()
@@ -294,28 +307,21 @@ impl FsModuleLoader {
     Some((real, dir))
   }
 
-  /// The specifier of a real file: relocated under the app's base when it
-  /// lies in the app's root.
-  fn specifier_for(&self, url: &ModuleSpecifier) -> Result<ModuleSpecifier, JsErrorBox> {
-    let Some(relocation) = &self.relocation else {
-      return Ok(url.clone());
+  /// The specifier of a real file: relocated under the app's base when
+  /// there is a relocation.
+  fn specifier_for(&self, path: &Path) -> Result<ModuleSpecifier, JsErrorBox> {
+    let specifier = match &self.relocation {
+      None => ModuleSpecifier::from_file_path(path).ok(),
+      Some(relocation) => relocation.specifier_of(path),
     };
-    let path = url
-      .to_file_path()
-      .map_err(|()| JsErrorBox::type_error(format!("not a file path: {url}")))?;
-    let relative = path.strip_prefix(&relocation.root).map_err(|_| {
-      JsErrorBox::type_error(format!(
-        "cannot load module {url}: outside the app root {}",
+    specifier.ok_or_else(|| match &self.relocation {
+      Some(relocation) => JsErrorBox::type_error(format!(
+        "cannot load module {}: outside the app root {}",
+        path.display(),
         relocation.root.display()
-      ))
-    })?;
-    // The relative path, percent-encoded as a URL path.
-    let encoded = ModuleSpecifier::from_file_path(Path::new("/").join(relative))
-      .map_err(|()| JsErrorBox::type_error(format!("not a file path: {url}")))?;
-    relocation
-      .base
-      .join(encoded.path().trim_start_matches('/'))
-      .map_err(|e| JsErrorBox::type_error(format!("{url}: {e}")))
+      )),
+      None => JsErrorBox::type_error(format!("not a file path: {}", path.display())),
+    })
   }
 
   /// A loader that loads what `access` allows.
