@@ -19,6 +19,7 @@
 //! - Under a confinement root (`kiln serve`) the resolver sees no file
 //!   outside it, so resolution never leaves the served tree.
 
+use std::cell::OnceCell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -57,11 +58,11 @@ pub enum PackageError {
 pub struct PackageFile {
   /// The package's name (`@scope/name`), as imported.
   pub package: String,
-  /// Node would run it as CommonJS unless its syntax says otherwise
-  /// (`explicit`: `.cjs` or `"type": "commonjs"`, no second look).
+  /// Whether Node would run it as CommonJS (`None`: an ES module).
   pub commonjs: Option<CommonJs>,
 }
 
+/// Why a package file counts as CommonJS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommonJs {
   /// `.cjs`, or `"type": "commonjs"`.
@@ -73,32 +74,39 @@ pub enum CommonJs {
 
 /// Resolves package specifiers for one module loader.
 pub struct Packages {
-  resolver: ResolverGeneric<ConfinedFs>,
+  /// Made on the first package import: most programs have none.
+  resolver: OnceCell<ResolverGeneric<ConfinedFs>>,
   root: Option<PathBuf>,
   /// Import map by directory of the referrer (`None`: no deno.json).
   import_maps: RefCell<HashMap<PathBuf, Option<Rc<import_map::ImportMap>>>>,
 }
 
 impl Packages {
-  /// A resolver that reads nothing outside `root`, if given.
+  /// Package resolution that reads nothing outside `root`, if given.
   pub fn new(root: Option<PathBuf>) -> Self {
-    let options = ResolveOptions {
-      condition_names: CONDITIONS.iter().map(|c| c.to_string()).collect(),
-      main_fields: vec!["module".into(), "main".into()],
-      extensions: vec![".mjs".into(), ".js".into(), ".json".into()],
-      node_path: false,
-      builtin_modules: false,
-      ..ResolveOptions::default()
-    };
-    let fs = ConfinedFs {
-      inner: FileSystemOs::new(),
-      root: root.clone(),
-    };
     Packages {
-      resolver: ResolverGeneric::new_with_file_system(fs, options),
+      resolver: OnceCell::new(),
       root,
       import_maps: RefCell::default(),
     }
+  }
+
+  fn resolver(&self) -> &ResolverGeneric<ConfinedFs> {
+    self.resolver.get_or_init(|| {
+      let options = ResolveOptions {
+        condition_names: CONDITIONS.iter().map(|c| c.to_string()).collect(),
+        main_fields: vec!["module".into(), "main".into()],
+        extensions: vec![".mjs".into(), ".js".into(), ".json".into()],
+        node_path: false,
+        builtin_modules: false,
+        ..ResolveOptions::default()
+      };
+      let fs = ConfinedFs {
+        inner: FileSystemOs::new(),
+        root: self.root.clone(),
+      };
+      ResolverGeneric::new_with_file_system(fs, options)
+    })
   }
 
   /// Maps `specifier` through the import map that applies to `referrer`
@@ -153,7 +161,7 @@ impl Packages {
       reason,
     };
     let resolution = self
-      .resolver
+      .resolver()
       .resolve(referrer_dir, &request)
       .map_err(|e| not_found(describe(&e, &request)))?;
     let path = resolution.full_path();
@@ -172,9 +180,7 @@ impl Packages {
     let package = package_name(&request).unwrap_or(&request).to_string();
     Ok((path, PackageFile { package, commonjs }))
   }
-}
 
-impl Packages {
   /// A relative import inside a package, resolved the way bundlers do
   /// (packages published for them leave out extensions and `/index.js`);
   /// `None` when the directory is not inside `node_modules` or nothing
@@ -187,7 +193,7 @@ impl Packages {
     if exact.is_file() {
       return None;
     }
-    let resolution = self.resolver.resolve(referrer_dir, specifier).ok()?;
+    let resolution = self.resolver().resolve(referrer_dir, specifier).ok()?;
     Some(resolution.full_path())
   }
 }
