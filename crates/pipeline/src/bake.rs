@@ -100,16 +100,19 @@ pub struct Baked {
 }
 
 impl Baked {
-  /// Wraps raw snapshot bytes in a container and records the bake.
+  /// Wraps raw snapshot bytes in a container and records the bake (the
+  /// files loaded sorted, once each).
   fn wrap(
     raw: &[u8],
     manifest: Manifest,
     compression_level: i32,
-    files_loaded: Vec<PathBuf>,
+    mut files_loaded: Vec<PathBuf>,
     residual: Vec<ResidualSource>,
     sources: Vec<(String, String)>,
     start: Instant,
   ) -> Result<Baked, BakeError> {
+    files_loaded.sort();
+    files_loaded.dedup();
     let container =
       SnapshotContainer::encode(&manifest, raw, compression_level).map_err(BakeError::Compress)?;
     Ok(Baked {
@@ -389,15 +392,11 @@ pub fn bake(
   }
   residual.sort_by(|a, b| a.specifier.cmp(&b.specifier));
 
-  let mut files_loaded = output.files_loaded_during_snapshot;
-  files_loaded.sort();
-  files_loaded.dedup();
-
   Baked::wrap(
     &output.output,
     manifest,
     compression_level,
-    files_loaded,
+    output.files_loaded_during_snapshot,
     residual,
     sources,
     start,
@@ -553,7 +552,7 @@ pub fn bake_with_modules(
     })
     .collect::<Result<Vec<_>, BakeError>>()?;
   residual.sort_by(|a, b| a.specifier.cmp(&b.specifier));
-  let mut files_loaded: Vec<PathBuf> = all_files(&extensions)
+  let files_loaded: Vec<PathBuf> = all_files(&extensions)
     .filter_map(|file| match &file.code {
       deno_core::ExtensionFileSourceCode::LoadedFromFsDuringSnapshot(path) => {
         Some(Path::new(cargo_manifest_dir).join(path))
@@ -561,8 +560,6 @@ pub fn bake_with_modules(
       _ => None,
     })
     .collect();
-  files_loaded.sort();
-  files_loaded.dedup();
   let raw = snapshot_with_modules(extensions, modules)?;
   Baked::wrap(
     &raw,
