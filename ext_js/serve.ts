@@ -98,7 +98,6 @@ const ws = websocketModule as unknown as {
   _protocol: symbol;
   _eventLoop: symbol;
   _idleTimeoutDuration: symbol;
-  _idleTimeoutTimeout: symbol;
   _serverHandleIdleTimeout: symbol;
   SERVER: unknown;
 };
@@ -233,7 +232,6 @@ function upgradeWebSocket(
   setEventTargetData(socket);
   socket[ws._role] = ws.SERVER;
   socket[ws._idleTimeoutDuration] = options.idleTimeout ?? 120;
-  socket[ws._idleTimeoutTimeout] = undefined;
   const response = fromInnerResponse(inner, "immutable");
   WeakMapPrototypeSet(upgrades, response, socket);
   return { response, socket };

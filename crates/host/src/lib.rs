@@ -590,21 +590,17 @@ impl Host {
       // in `kiln_websockets_open`); once the relay ends, the isolate sees
       // the socket close and has the usual timeout to let go of it.
       drop(in_flight);
-      let (relay_done, relayed) = oneshot::channel::<()>();
-      let relay = websocket::relay(
+      // Its own task: the instance letting go first must not cut it short.
+      let relay = tokio::spawn(websocket::relay(
         upgrade,
         socket,
         self.options.websocket_idle_timeout,
         pool.name().into(),
         self.metrics.clone(),
-      );
-      tokio::spawn(async move {
-        relay.await;
-        drop(relay_done);
-      });
+      ));
       let timeout = self.options.timeout;
       let bound = async move {
-        let _ = relayed.await;
+        let _ = relay.await;
         tokio::time::sleep(timeout).await;
       };
       finish_in_background(pool.clone(), lease, pending.done, bound);
