@@ -5,6 +5,7 @@
 mod cli;
 mod compile;
 mod cron;
+mod fleet;
 mod function_snapshots;
 mod hardening;
 mod library;

@@ -75,7 +75,9 @@ impl Server {
       .args(["--listen", "127.0.0.1:0"])
       .args(flags)
       .env("NO_COLOR", "1")
-      .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET");
+      .env_remove("KILN_CRON_TEST_SCHEDULE_OFFSET")
+      .env_remove("KILN_CRON_TEST_TIME_SCALE")
+      .env_remove("KILN_CRON_STORE");
 
     for (k, v) in env {
       cmd.env(k, v);

@@ -127,6 +127,23 @@ struct ServeArgs {
   /// function until it closes.
   #[arg(long, default_value = "2m", value_parser = duration::parse_duration)]
   websocket_idle_timeout: Duration,
+  /// Run Deno.cron jobs through a PostgreSQL database shared by several
+  /// hosts (postgres://user:password@host:port/db, or key=value form): each
+  /// tick of each job runs on one host only. The tables (kiln_cron_runs,
+  /// the run history) are created on first use. Without it every host runs
+  /// every job.
+  #[arg(
+    long,
+    env = "KILN_CRON_STORE",
+    value_name = "URL",
+    hide_env_values = true
+  )]
+  cron_store: Option<String>,
+  /// With --cron-store: how long a host's claim on a running job lasts
+  /// unless renewed (every third of it); a run whose host died is taken
+  /// over by another host after this.
+  #[arg(long, default_value = "30s", value_parser = duration::parse_duration)]
+  cron_lease: Duration,
   /// Most open client connections; more wait in the listen backlog.
   /// [default: the file-descriptor limit less 256, at least half of it]
   #[arg(long)]
@@ -322,6 +339,8 @@ fn serve(args: ServeArgs) -> Result<i32, Box<dyn std::error::Error>> {
   options.header_timeout = args.header_timeout;
   options.keep_alive_timeout = args.keep_alive_timeout;
   options.websocket_idle_timeout = args.websocket_idle_timeout;
+  options.cron_store = args.cron_store.filter(|url| !url.is_empty());
+  options.cron_lease = args.cron_lease;
   if args.max_connections == Some(0) {
     return Err("--max-connections must be at least 1".into());
   }

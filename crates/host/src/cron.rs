@@ -3,6 +3,9 @@
 //! cron-owning instance runs them (otherwise a job would run once per
 //! instance). Other instances keep the registration bookkeeping (so the same
 //! names, limits and errors apply) but their jobs never fire.
+//!
+//! With a cron store (`--cron-store`), the owner's jobs run through
+//! [`PostgresCronHandler`]: each tick runs on one host of the fleet.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -18,10 +21,15 @@ use kiln_extensions::cron::CronHandler;
 use kiln_extensions::cron::CronSpec;
 use kiln_extensions::cron::LocalCronHandler;
 use kiln_extensions::cron::local::LocalCronHandle;
+use kiln_extensions::cron::postgres::PostgresCronHandle;
+use kiln_extensions::cron::postgres::PostgresCronHandler;
+use kiln_extensions::cron::postgres::PostgresCronStore;
 
 /// The cron backend of one instance.
 pub(crate) struct HostCronHandler {
   local: LocalCronHandler,
+  /// The owner's jobs with a cron store.
+  fleet: Option<PostgresCronHandler>,
   owner: bool,
   function: Arc<str>,
   metrics: Arc<Metrics>,
@@ -35,9 +43,13 @@ impl HostCronHandler {
     function: Arc<str>,
     metrics: Arc<Metrics>,
     jobs: Arc<AtomicUsize>,
+    store: Option<&PostgresCronStore>,
   ) -> Self {
     HostCronHandler {
       local: LocalCronHandler::default(),
+      fleet: store
+        .filter(|_| owner)
+        .map(|store| PostgresCronHandler::new(store, &function)),
       owner,
       function,
       metrics,
@@ -50,10 +62,15 @@ impl CronHandler for HostCronHandler {
   type Handle = HostCronHandle;
 
   fn create(&self, spec: CronSpec) -> Result<HostCronHandle, CronError> {
+    let fleet = match &self.fleet {
+      Some(fleet) => Some(fleet.create(spec.clone())?),
+      None => None,
+    };
     let inner = self.local.create(spec)?;
     self.jobs.fetch_add(1, Ordering::Relaxed);
     Ok(HostCronHandle {
       inner,
+      fleet,
       owner: self.owner,
       first: Cell::new(true),
       closed: Notify::new(),
@@ -67,6 +84,7 @@ impl CronHandler for HostCronHandler {
 /// A job in one instance.
 pub(crate) struct HostCronHandle {
   inner: LocalCronHandle,
+  fleet: Option<PostgresCronHandle>,
   owner: bool,
   first: Cell<bool>,
   closed: Notify,
@@ -86,11 +104,17 @@ impl CronHandle for HostCronHandle {
     if !self.first.replace(false) {
       self.metrics.cron_run(&self.function, prev_success);
     }
-    self.inner.next(prev_success).await
+    match &self.fleet {
+      Some(fleet) => fleet.next(prev_success).await,
+      None => self.inner.next(prev_success).await,
+    }
   }
 
   fn close(&self) {
     self.inner.close();
+    if let Some(fleet) = &self.fleet {
+      fleet.close();
+    }
     self.closed.notify_one();
     self.jobs.fetch_sub(1, Ordering::Relaxed);
   }

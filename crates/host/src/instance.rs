@@ -47,6 +47,8 @@ pub(crate) struct InstanceSpec {
   pub start_from: StartFrom,
   /// Where V8 code caches of loaded modules go.
   pub code_cache_dir: Option<PathBuf>,
+  /// The fleet's cron store (`--cron-store`); jobs run locally without.
+  pub cron_store: Option<kiln_extensions::cron::postgres::PostgresCronStore>,
 }
 
 /// Why an instance could not start; the message goes to the client (500)
@@ -310,6 +312,7 @@ impl InstanceThread {
       self.spec.function.clone(),
       self.spec.metrics.clone(),
       self.cron_jobs.clone(),
+      self.spec.cron_store.as_ref(),
     );
     let options = kiln::RuntimeOptions {
       env: kiln::runtime::Env::ReadOnly(self.spec.env.clone()),

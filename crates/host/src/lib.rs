@@ -23,6 +23,9 @@ mod server;
 pub mod snapshots;
 mod websocket;
 
+use kiln_extensions::cron::postgres::PostgresCronOptions;
+use kiln_extensions::cron::postgres::PostgresCronStore;
+use kiln_extensions::cron::postgres::ScheduleClock;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -117,6 +120,13 @@ pub struct HostOptions {
   /// A WebSocket (`Deno.upgradeWebSocket`) on which nothing passed either
   /// way for this long is closed, and its instance released.
   pub websocket_idle_timeout: Duration,
+  /// A PostgreSQL database shared by a fleet of hosts: each cron tick runs
+  /// on one of them (see [`kiln_extensions::cron::postgres`]). `None`: every
+  /// host runs every job.
+  pub cron_store: Option<String>,
+  /// How long a host's claim on a cron run lasts without being renewed
+  /// (with `cron_store`): another host takes the run over after it.
+  pub cron_lease: Duration,
 }
 
 impl HostOptions {
@@ -142,6 +152,8 @@ impl HostOptions {
       snapshots: None,
       code_cache_dir: None,
       websocket_idle_timeout: Duration::from_secs(120),
+      cron_store: None,
+      cron_lease: kiln_extensions::cron::postgres::DEFAULT_LEASE,
     }
   }
 }
@@ -180,6 +192,10 @@ pub enum HostError {
   Snapshot(#[from] kiln::snapshot::container::ContainerError),
   #[error(transparent)]
   EnvFile(#[from] env::EnvFileError),
+  #[error(transparent)]
+  CronStore(#[from] kiln_extensions::cron::postgres::CronStoreError),
+  #[error(transparent)]
+  CronTimeScale(#[from] kiln_extensions::cron::postgres::BadTimeScale),
 }
 
 /// A request the host answers itself, with why. Each has one status; only
@@ -243,6 +259,7 @@ pub struct Host {
   options: HostOptions,
   functions: BTreeMap<String, Arc<FunctionPool>>,
   metrics: Arc<Metrics>,
+  cron_store: Option<PostgresCronStore>,
   /// Functions whose first load has not finished yet.
   loading: AtomicUsize,
   request_ids: RequestIds,
@@ -272,6 +289,16 @@ impl Host {
     // A broken snapshot is a start-up error, not a 500 on every request.
     kiln::runtime::check_embedded_snapshot()?;
     let metrics = Arc::new(Metrics::default());
+    let cron_store = match &options.cron_store {
+      Some(url) => {
+        let mut store = PostgresCronOptions::new(url.clone());
+        store.lease = options.cron_lease;
+        store.clock = ScheduleClock::from_env()?;
+        store.events = Some(metrics.clone());
+        Some(PostgresCronStore::connect(store)?)
+      }
+      None => None,
+    };
     // Variables: inherited, then --env-file, then <name>.env.
     let mut shared = env::inherited(&options.inherit_env);
     if let Some(file) = &options.env_file {
@@ -310,6 +337,7 @@ impl Host {
         metrics: metrics.clone(),
         start_from: Default::default(),
         code_cache_dir: options.code_cache_dir.clone(),
+        cron_store: cron_store.clone(),
       };
       let pool = FunctionPool::new(
         spec,
@@ -324,6 +352,7 @@ impl Host {
       options,
       functions,
       metrics,
+      cron_store,
       loading: AtomicUsize::new(0),
       request_ids: RequestIds::new(),
     }))
@@ -348,6 +377,19 @@ impl Host {
   /// so the port can open while functions load. A function that fails to
   /// load is logged; requests to it get its error until an instance starts.
   pub fn start(self: &Arc<Self>) {
+    if let Some(store) = self.cron_store.clone() {
+      // A failure is logged by the store (and retried whenever a job runs);
+      // HTTP is served either way.
+      tokio::spawn(async move {
+        if store.check().await.is_ok() {
+          tracing::info!(
+            "cron store {}: ready; this host is {}",
+            store.address(),
+            store.host_id()
+          );
+        }
+      });
+    }
     if self.options.preload {
       self.loading.store(self.functions.len(), Ordering::Release);
       for pool in self.functions.values() {

@@ -58,6 +58,9 @@ struct Counters {
   terminations: BTreeMap<(String, TerminationCause), u64>,
   cron_runs: BTreeMap<String, u64>,
   cron_failures: BTreeMap<String, u64>,
+  cron_skips: BTreeMap<(String, &'static str), u64>,
+  cron_takeovers: BTreeMap<String, u64>,
+  cron_store_errors: u64,
   unhandled_errors: BTreeMap<String, u64>,
   websockets_open: BTreeMap<String, i64>,
   websockets: BTreeMap<(String, &'static str), u64>,
@@ -132,6 +135,27 @@ impl Metrics {
         *c.cron_failures.entry(function.to_string()).or_default() += 1;
       }
     });
+  }
+
+  /// A cron tick of `function` not run here (`reason`: `claimed` by
+  /// another host, or a run still in progress: `overlap`).
+  pub fn cron_skip(&self, function: &str, reason: &'static str) {
+    self.with(|c| {
+      *c.cron_skips
+        .entry((function.to_string(), reason))
+        .or_default() += 1
+    });
+  }
+
+  /// A cron run of `function` taken over from a host that stopped renewing
+  /// its lease.
+  pub fn cron_takeover(&self, function: &str) {
+    self.with(|c| *c.cron_takeovers.entry(function.to_string()).or_default() += 1);
+  }
+
+  /// A statement or connection of the cron store failed.
+  pub fn cron_store_error(&self) {
+    self.with(|c| c.cron_store_errors += 1);
   }
 
   /// An error escaped a handler of `function` (logged, answered to no one).
@@ -241,6 +265,29 @@ impl Metrics {
       );
       family(
         &mut out,
+        "kiln_cron_skips_total",
+        "counter",
+        "Cron ticks not run on this host (--cron-store), by function and reason (claimed: by another host; overlap: a run of the job was in progress).",
+        c.cron_skips
+          .iter()
+          .map(|((f, reason), n)| (format!("{},reason=\"{reason}\"", label(f)), *n as f64)),
+      );
+      family(
+        &mut out,
+        "kiln_cron_takeovers_total",
+        "counter",
+        "Cron runs this host took over from a host whose lease expired, by function.",
+        c.cron_takeovers.iter().map(|(f, n)| (label(f), *n as f64)),
+      );
+      family(
+        &mut out,
+        "kiln_cron_store_errors_total",
+        "counter",
+        "Failed statements and connections of the cron store.",
+        [(String::new(), c.cron_store_errors as f64)],
+      );
+      family(
+        &mut out,
         "kiln_unhandled_errors_total",
         "counter",
         "Errors that escaped a handler (unhandled rejections, throws in timers), by function.",
@@ -305,6 +352,25 @@ fn escape(value: &str) -> String {
     .replace('\n', "\\n")
 }
 
+impl kiln_extensions::cron::postgres::CronStoreEvents for Metrics {
+  fn skipped(
+    &self,
+    function: &str,
+    _job: &str,
+    reason: kiln_extensions::cron::postgres::SkipReason,
+  ) {
+    self.cron_skip(function, reason.label());
+  }
+
+  fn took_over(&self, function: &str, _job: &str) {
+    self.cron_takeover(function);
+  }
+
+  fn store_error(&self) {
+    self.cron_store_error();
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -319,6 +385,10 @@ mod tests {
     m.instance_stop("hello", Some(TerminationCause::Timeout));
     m.cron_run("tick", true);
     m.cron_run("tick", false);
+    m.cron_skip("tick", "claimed");
+    m.cron_skip("tick", "claimed");
+    m.cron_takeover("tick");
+    m.cron_store_error();
     m.unhandled_error("hello");
     m.instance_start("quits", true, Duration::from_millis(3));
     m.instance_stop("quits", Some(TerminationCause::Exit));
@@ -337,6 +407,9 @@ mod tests {
     );
     assert!(text.contains("kiln_cron_runs_total{function=\"tick\"} 2\n"));
     assert!(text.contains("kiln_cron_failures_total{function=\"tick\"} 1\n"));
+    assert!(text.contains("kiln_cron_skips_total{function=\"tick\",reason=\"claimed\"} 2\n"));
+    assert!(text.contains("kiln_cron_takeovers_total{function=\"tick\"} 1\n"));
+    assert!(text.contains("kiln_cron_store_errors_total 1\n"));
     assert!(text.contains("kiln_instances{function=\"hello\"} 0\n"));
     assert!(text.contains("kiln_unhandled_errors_total{function=\"hello\"} 1\n"));
     assert!(

@@ -7,6 +7,8 @@
 
 pub mod interface;
 pub mod local;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod schedule;
 
 use std::borrow::Cow;
