@@ -726,3 +726,114 @@ fn a_malformed_cron_store_address_is_refused_at_start() {
   );
   assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// Runs `script` in a runtime of the library whose cron backend is a store
+/// of its own (as a process of its own would have) on `url`, named
+/// `host_id`, with schedule time scaled 60x; returns `globalThis.ran`.
+fn library_runtime(
+  url: String,
+  host_id: &'static str,
+  script: &'static str,
+) -> std::thread::JoinHandle<usize> {
+  use kiln::extensions::cron::postgres::PostgresCronHandler;
+  use kiln::extensions::cron::postgres::PostgresCronOptions;
+  use kiln::extensions::cron::postgres::PostgresCronStore;
+  use kiln::extensions::cron::postgres::ScheduleClock;
+
+  std::thread::spawn(move || {
+    let mut options = PostgresCronOptions::new(url);
+    options.clock = ScheduleClock::scaled(60.0).unwrap();
+    options.host_id = Some(host_id.to_string());
+    let store = PostgresCronStore::connect(options).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+      .enable_all()
+      .build()
+      .unwrap()
+      .block_on(async {
+        store.check().await.unwrap();
+        let mut rt = kiln::Runtime::builder()
+          .cron_handler(PostgresCronHandler::new(&store, "library"))
+          .build()
+          .unwrap();
+        rt.execute_script(script).unwrap();
+        rt.run_event_loop().await.unwrap();
+        rt.execute_script("globalThis.ran")
+          .unwrap()
+          .parse::<usize>()
+          .unwrap()
+      })
+  })
+}
+
+/// A job that counts its runs in `globalThis.ran` for 4.5 s.
+const COUNTING_JOB: &str = r#"
+  globalThis.ran = 0;
+  const stop = new AbortController();
+  Deno.cron("lib", "* * * * *", { signal: stop.signal }, () => { globalThis.ran++; });
+  setTimeout(() => stop.abort(), 4500);
+"#;
+
+/// The library: two runtimes, each with its own store as two processes
+/// would have, share the ticks of one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedders_plug_the_postgres_backend_into_the_runtime_builder() {
+  let cluster = PgCluster::start();
+  let ran: usize = ["lib-a", "lib-b"]
+    .into_iter()
+    .map(|host_id| library_runtime(cluster.url(), host_id, COUNTING_JOB))
+    .collect::<Vec<_>>()
+    .into_iter()
+    .map(|t| t.join().unwrap())
+    .sum();
+  let runs = cluster.runs("library").await;
+  assert!(ran >= 3, "{ran} runs in 4.5 s: {runs:?}");
+  assert_eq!(runs.len(), ran, "{runs:?}");
+  assert!(
+    runs
+      .iter()
+      .all(|r| r.state == "succeeded" && r.attempt == 0)
+  );
+  assert!(runs.iter().all(|r| r.host == "lib-a" || r.host == "lib-b"));
+}
+
+/// A run whose hosts kept dying (taken over three times) is abandoned, not
+/// run a fourth time, and the job goes on with its next ticks; one let go
+/// of fewer times is taken over and run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_keeps_killing_its_host_is_abandoned() {
+  let cluster = PgCluster::start();
+  // Make the tables, then leave two expired runs behind as dead hosts would.
+  library_runtime(cluster.url(), "setup", "globalThis.ran = 0;")
+    .join()
+    .unwrap();
+  cluster
+    .query(
+      "INSERT INTO kiln_cron_runs (function, job, tick, attempt, state, host, lease_until, takeovers) VALUES \
+         ('library', 'lib', '2001-01-01T00:00:00Z', 0, 'running', 'dead/1/0', now() - interval '1 s', 3), \
+         ('library', 'lib', '2001-01-01T00:01:00Z', 0, 'running', NULL, now(), 1)",
+    )
+    .await;
+  let ran = library_runtime(cluster.url(), "survivor", COUNTING_JOB)
+    .join()
+    .unwrap();
+  let runs = cluster.runs("library").await;
+  let state = |second: i64| {
+    runs
+      .iter()
+      .find(|r| r.second == second)
+      .map(|r| (r.state.as_str(), r.host.as_str(), r.takeovers))
+  };
+  assert_eq!(
+    state(978307200 / 60),
+    Some(("abandoned", "dead/1/0", 3)),
+    "{runs:?}"
+  );
+  assert_eq!(
+    state(978307260 / 60),
+    Some(("succeeded", "survivor", 2)),
+    "{runs:?}"
+  );
+  // The taken-over run, then the job's own ticks.
+  assert!(ran >= 3, "{ran}: {runs:?}");
+  assert_eq!(runs.len(), ran + 1, "{runs:?}");
+}

@@ -18,6 +18,9 @@
 //! and the CLI build on it. With the default `embedded-snapshot` feature its
 //! `build.rs` bakes kiln's extensions and the snapshot is embedded
 //! ([`Runtime::new`]); an embedder that bakes its own turns the feature off.
+//! The `cron-postgres` feature adds `extensions::cron::postgres`, the
+//! `Deno.cron` backend that runs each tick once across processes sharing a
+//! PostgreSQL database (give it to [`runtime::RuntimeBuilder::cron_handler`]).
 
 #[cfg(feature = "embedded-snapshot")]
 pub mod app;

@@ -347,7 +347,10 @@ impl PostgresCronStore {
     self
       .run(move |client| async move {
         let Some(row) = client
-          .query_opt(sql::TAKE_OVER, &[&&*function, &&*job, &host, &lease])
+          .query_opt(
+            sql::TAKE_OVER,
+            &[&&*function, &&*job, &host, &lease, &sql::MAX_TAKEOVERS],
+          )
           .await?
         else {
           return Ok(None);

@@ -3,7 +3,9 @@
 //! `kiln_cron_runs` holds one row per run attempt: the history an operator
 //! queries, and the claims and leases the fleet coordinates with. States:
 //! `running` (held by `host` until `lease_until`), `waiting` (a retry due at
-//! `due_at`, held the same way), `succeeded`, `failed`. The tables live in
+//! `due_at`, held the same way), `succeeded`, `failed`, `abandoned` (its
+//! host went away mid-run more than [`MAX_TAKEOVERS`] times: a run that
+//! takes its host down is not tried forever). The tables live in
 //! the connection's schema (its `search_path`), prefixed `kiln_cron_`;
 //! `kiln_cron_schema` holds their version.
 
@@ -18,7 +20,7 @@ pub(crate) const MIGRATIONS: [&str; 1] = [r#"
     tick        timestamptz NOT NULL,
     attempt     integer     NOT NULL,
     state       text        NOT NULL
-                CHECK (state IN ('waiting', 'running', 'succeeded', 'failed')),
+                CHECK (state IN ('waiting', 'running', 'succeeded', 'failed', 'abandoned')),
     host        text,
     claimed_at  timestamptz NOT NULL DEFAULT now(),
     due_at      timestamptz,
@@ -104,23 +106,37 @@ pub(crate) const CLAIM: &str = r#"
   SELECT EXISTS (SELECT 1 FROM claimed), (SELECT tick FROM busy)
 "#;
 
+/// Runs taken over this many times are abandoned at the next expiry.
+pub(crate) const MAX_TAKEOVERS: i32 = 3;
+
 /// Takes over the oldest run of a job whose holder let go or stopped
-/// renewing: ($1 function, $2 job, $3 host, $4 lease ms) → (tick, attempt,
-/// ms until a waiting retry is due, null for a run). A running one starts
-/// again; a waiting one keeps its due time.
+/// renewing: ($1 function, $2 job, $3 host, $4 lease ms, $5 most
+/// take-overs) → (tick, attempt, ms until a waiting retry is due, null for
+/// a run). A running one starts again; a waiting one keeps its due time.
+/// One taken over $5 times already is abandoned instead (no row).
 pub(crate) const TAKE_OVER: &str = r#"
+  WITH expired AS (
+    SELECT function, job, tick, attempt, takeovers FROM kiln_cron_runs
+     WHERE function = $1::text AND job = $2::text AND state IN ('waiting', 'running')
+       AND (host IS NULL OR lease_until < now())
+     ORDER BY tick, attempt
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+  ), abandoned AS (
+    UPDATE kiln_cron_runs r
+       SET state = 'abandoned', finished_at = now(), lease_until = NULL
+      FROM expired
+     WHERE (r.function, r.job, r.tick, r.attempt) = (expired.function, expired.job, expired.tick, expired.attempt)
+       AND expired.takeovers >= $5::integer
+  )
   UPDATE kiln_cron_runs r
      SET host = $3::text,
          takeovers = r.takeovers + 1,
          started_at = CASE WHEN r.state = 'running' THEN now() ELSE r.started_at END,
          lease_until = GREATEST(r.due_at, now()) + $4::float8 * interval '1 millisecond'
-    FROM (SELECT function, job, tick, attempt FROM kiln_cron_runs
-           WHERE function = $1::text AND job = $2::text AND state IN ('waiting', 'running')
-             AND (host IS NULL OR lease_until < now())
-           ORDER BY tick, attempt
-           LIMIT 1
-           FOR UPDATE SKIP LOCKED) expired
+    FROM expired
    WHERE (r.function, r.job, r.tick, r.attempt) = (expired.function, expired.job, expired.tick, expired.attempt)
+     AND expired.takeovers < $5::integer
   RETURNING r.tick, r.attempt,
             CASE WHEN r.state = 'waiting'
                  THEN (EXTRACT(EPOCH FROM (r.due_at - now())) * 1000)::float8 END
