@@ -729,12 +729,14 @@ fn a_malformed_cron_store_address_is_refused_at_start() {
 
 /// Runs `script` in a runtime of the library whose cron backend is a store
 /// of its own (as a process of its own would have) on `url`, named
-/// `host_id`, with schedule time scaled 60x; returns `globalThis.ran`.
+/// `host_id`, with schedule time scaled 60x; once its event loop is done,
+/// returns the value of `result` (a script).
 fn library_runtime(
   url: String,
   host_id: &'static str,
   script: &'static str,
-) -> std::thread::JoinHandle<usize> {
+  result: &'static str,
+) -> std::thread::JoinHandle<String> {
   use kiln::extensions::cron::postgres::PostgresCronHandler;
   use kiln::extensions::cron::postgres::PostgresCronOptions;
   use kiln::extensions::cron::postgres::PostgresCronStore;
@@ -757,10 +759,7 @@ fn library_runtime(
           .unwrap();
         rt.execute_script(script).unwrap();
         rt.run_event_loop().await.unwrap();
-        rt.execute_script("globalThis.ran")
-          .unwrap()
-          .parse::<usize>()
-          .unwrap()
+        rt.execute_script(result).unwrap()
       })
   })
 }
@@ -780,10 +779,10 @@ async fn embedders_plug_the_postgres_backend_into_the_runtime_builder() {
   let cluster = PgCluster::start();
   let ran: usize = ["lib-a", "lib-b"]
     .into_iter()
-    .map(|host_id| library_runtime(cluster.url(), host_id, COUNTING_JOB))
+    .map(|host_id| library_runtime(cluster.url(), host_id, COUNTING_JOB, "globalThis.ran"))
     .collect::<Vec<_>>()
     .into_iter()
-    .map(|t| t.join().unwrap())
+    .map(|t| t.join().unwrap().parse::<usize>().unwrap())
     .sum();
   let runs = cluster.runs("library").await;
   assert!(ran >= 3, "{ran} runs in 4.5 s: {runs:?}");
@@ -803,7 +802,7 @@ async fn embedders_plug_the_postgres_backend_into_the_runtime_builder() {
 async fn a_run_that_keeps_killing_its_host_is_abandoned() {
   let cluster = PgCluster::start();
   // Make the tables, then leave two expired runs behind as dead hosts would.
-  library_runtime(cluster.url(), "setup", "globalThis.ran = 0;")
+  library_runtime(cluster.url(), "setup", "", "0")
     .join()
     .unwrap();
   cluster
@@ -813,8 +812,10 @@ async fn a_run_that_keeps_killing_its_host_is_abandoned() {
          ('library', 'lib', '2001-01-01T00:01:00Z', 0, 'running', NULL, now(), 1)",
     )
     .await;
-  let ran = library_runtime(cluster.url(), "survivor", COUNTING_JOB)
+  let ran: usize = library_runtime(cluster.url(), "survivor", COUNTING_JOB, "globalThis.ran")
     .join()
+    .unwrap()
+    .parse()
     .unwrap();
   let runs = cluster.runs("library").await;
   let state = |second: i64| {
@@ -836,4 +837,57 @@ async fn a_run_that_keeps_killing_its_host_is_abandoned() {
   // The taken-over run, then the job's own ticks.
   assert!(ran >= 3, "{ran}: {runs:?}");
   assert_eq!(runs.len(), ran + 1, "{runs:?}");
+}
+
+/// Runs of one job never overlap across processes: a run longer than the
+/// schedule's interval makes the others skip the ticks it spans. A job
+/// closed (its signal aborted) mid-run is recorded `closed`, and the run is
+/// not handed to another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_a_job_never_overlap_across_processes() {
+  const SLOW_JOB: &str = r#"
+    globalThis.spans = [];
+    const stop = new AbortController();
+    Deno.cron("lib", "* * * * *", { signal: stop.signal }, async () => {
+      const start = Date.now();
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      globalThis.spans.push([start, Date.now()]);
+    });
+    setTimeout(() => stop.abort(), 5200);
+  "#;
+  let cluster = PgCluster::start();
+  let mut spans: Vec<(u64, u64)> = ["lib-a", "lib-b"]
+    .into_iter()
+    .map(|host_id| {
+      library_runtime(
+        cluster.url(),
+        host_id,
+        SLOW_JOB,
+        "JSON.stringify(globalThis.spans)",
+      )
+    })
+    .collect::<Vec<_>>()
+    .into_iter()
+    .flat_map(|t| serde_json::from_str::<Vec<(u64, u64)>>(&t.join().unwrap()).unwrap())
+    .collect();
+  spans.sort();
+  assert!(spans.len() >= 2, "{spans:?}");
+  for pair in spans.windows(2) {
+    assert!(pair[1].0 >= pair[0].1, "runs overlap: {spans:?}");
+  }
+  let runs = cluster.runs("library").await;
+  assert_eq!(runs.len(), spans.len(), "{runs:?} {spans:?}");
+  assert!(
+    runs
+      .iter()
+      .all(|r| r.state == "succeeded" || r.state == "closed"),
+    "{runs:?}"
+  );
+  assert!(runs.iter().all(|r| r.takeovers == 0), "{runs:?}");
+  // Only the run the abort caught (the last) can be `closed`.
+  let closed: Vec<_> = runs.iter().filter(|r| r.state == "closed").collect();
+  assert!(
+    closed.is_empty() || (closed.len() == 1 && closed[0].second == runs[runs.len() - 1].second),
+    "{runs:?}"
+  );
 }

@@ -318,21 +318,35 @@ impl CronHandle for PostgresCronHandle {
     Ok(self.wait_for_run().await)
   }
 
+  /// The job's signal aborted. A run in progress goes on to its end here
+  /// (the glue stops asking for runs), so it is recorded as `closed`, never
+  /// handed to another host.
   fn close(&self) {
-    if self.closed.replace(true) {
-      return;
-    }
-    self.wake.notify_waiters();
-    self.wake.notify_one();
-    self.names.borrow_mut().remove(&*self.job);
-    if let Some(key) = self.slot.close() {
-      self.store.release(key);
+    if let Some(key) = self.shut() {
+      self.store.close_run(key);
     }
   }
 }
 
+impl PostgresCronHandle {
+  /// Stops the job; returns the run it held, if any.
+  fn shut(&self) -> Option<RunKey> {
+    if self.closed.replace(true) {
+      return None;
+    }
+    self.wake.notify_waiters();
+    self.wake.notify_one();
+    self.names.borrow_mut().remove(&*self.job);
+    self.slot.close()
+  }
+}
+
 impl Drop for PostgresCronHandle {
+  /// The runtime went away (closing it does not close resources): a run in
+  /// progress was cut short, so another host takes it over at once.
   fn drop(&mut self) {
-    self.close();
+    if let Some(key) = self.shut() {
+      self.store.release(key);
+    }
   }
 }

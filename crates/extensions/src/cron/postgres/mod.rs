@@ -458,6 +458,16 @@ impl PostgresCronStore {
   /// Lets go of a run this process holds (its runtime is going away), so
   /// another process takes it over at once. In the background.
   pub(crate) fn release(&self, key: RunKey) {
+    self.end_in_background(sql::RELEASE, key);
+  }
+
+  /// Ends a run or retry of a job closed while this process held it: the
+  /// run goes on here to its end, but its outcome will not be reported.
+  pub(crate) fn close_run(&self, key: RunKey) {
+    self.end_in_background(sql::CLOSE, key);
+  }
+
+  fn end_in_background(&self, statement: &'static str, key: RunKey) {
     let store = self.clone();
     let host = self.inner.host.clone();
     self.inner.runtime.spawn(async move {
@@ -465,7 +475,7 @@ impl PostgresCronStore {
         .run(move |client| async move {
           client
             .execute(
-              sql::RELEASE,
+              statement,
               &[&&*key.function, &&*key.job, &key.tick, &key.attempt, &host],
             )
             .await

@@ -5,7 +5,9 @@
 //! `running` (held by `host` until `lease_until`), `waiting` (a retry due at
 //! `due_at`, held the same way), `succeeded`, `failed`, `abandoned` (its
 //! host went away mid-run more than [`MAX_TAKEOVERS`] times: a run that
-//! takes its host down is not tried forever). The tables live in
+//! takes its host down is not tried forever), `closed` (the job was closed,
+//! its signal aborted, while the run was in progress or the retry waiting:
+//! the run went on to its end there, its outcome unreported). The tables live in
 //! the connection's schema (its `search_path`), prefixed `kiln_cron_`;
 //! `kiln_cron_schema` holds their version.
 
@@ -20,7 +22,7 @@ pub(crate) const MIGRATIONS: [&str; 1] = [r#"
     tick        timestamptz NOT NULL,
     attempt     integer     NOT NULL,
     state       text        NOT NULL
-                CHECK (state IN ('waiting', 'running', 'succeeded', 'failed', 'abandoned')),
+                CHECK (state IN ('waiting', 'running', 'succeeded', 'failed', 'abandoned', 'closed')),
     host        text,
     claimed_at  timestamptz NOT NULL DEFAULT now(),
     due_at      timestamptz,
@@ -178,6 +180,14 @@ pub(crate) const START_WAITING: &str = r#"
 /// Lets go of a run or retry this host holds: ($1..$4 key, $5 host).
 pub(crate) const RELEASE: &str = r#"
   UPDATE kiln_cron_runs SET host = NULL, lease_until = now()
+   WHERE function = $1::text AND job = $2::text AND tick = $3::timestamptz
+     AND attempt = $4::integer AND host = $5::text AND state IN ('waiting', 'running')
+"#;
+
+/// Ends a run or retry of a job closed while this host held it: ($1..$4
+/// key, $5 host).
+pub(crate) const CLOSE: &str = r#"
+  UPDATE kiln_cron_runs SET state = 'closed', finished_at = now(), lease_until = NULL
    WHERE function = $1::text AND job = $2::text AND tick = $3::timestamptz
      AND attempt = $4::integer AND host = $5::text AND state IN ('waiting', 'running')
 "#;
