@@ -165,6 +165,14 @@ pub(crate) struct RunKey {
   pub attempt: i32,
 }
 
+/// This process, its lease (ms), and the job's slot, for a statement's task.
+struct Held {
+  host: String,
+  lease: f64,
+  store: PostgresCronStore,
+  slot: handler::Slot,
+}
+
 /// What a claim at a tick came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
@@ -307,9 +315,12 @@ impl PostgresCronStore {
       tick,
       attempt: 0,
     };
-    let (host, lease) = (self.inner.host.clone(), self.lease_ms());
-    let store = self.clone();
-    let slot = slot.clone();
+    let Held {
+      host,
+      lease,
+      store,
+      slot,
+    } = self.held(slot);
     self
       .run(move |client| async move {
         let row = client
@@ -341,9 +352,12 @@ impl PostgresCronStore {
     slot: &handler::Slot,
   ) -> Result<Option<RunKey>, CronStoreError> {
     let (function, job) = (function.clone(), job.clone());
-    let (host, lease) = (self.inner.host.clone(), self.lease_ms());
-    let store = self.clone();
-    let slot = slot.clone();
+    let Held {
+      host,
+      lease,
+      store,
+      slot,
+    } = self.held(slot);
     self
       .run(move |client| async move {
         let Some(row) = client
@@ -381,9 +395,12 @@ impl PostgresCronStore {
     slot: &handler::Slot,
   ) -> Result<(bool, bool), CronStoreError> {
     let key = key.clone();
-    let (host, lease) = (self.inner.host.clone(), self.lease_ms());
-    let store = self.clone();
-    let slot = slot.clone();
+    let Held {
+      host,
+      lease,
+      store,
+      slot,
+    } = self.held(slot);
     self
       .run(move |client| async move {
         let state = if success { "succeeded" } else { "failed" };
@@ -426,9 +443,12 @@ impl PostgresCronStore {
     slot: &handler::Slot,
   ) -> Result<bool, CronStoreError> {
     let key = key.clone();
-    let (host, lease) = (self.inner.host.clone(), self.lease_ms());
-    let store = self.clone();
-    let slot = slot.clone();
+    let Held {
+      host,
+      lease,
+      store,
+      slot,
+    } = self.held(slot);
     self
       .run(move |client| async move {
         let started = client
@@ -482,6 +502,16 @@ impl PostgresCronStore {
         })
         .await;
     });
+  }
+
+  /// What a statement on a job's runs needs, moved into its task.
+  fn held(&self, slot: &handler::Slot) -> Held {
+    Held {
+      host: self.inner.host.clone(),
+      lease: self.lease_ms(),
+      store: self.clone(),
+      slot: slot.clone(),
+    }
   }
 
   pub(crate) fn events(&self) -> Option<&Arc<dyn CronStoreEvents>> {
