@@ -592,6 +592,46 @@ async fn a_run_whose_host_dies_is_taken_over_after_the_lease() {
   );
 }
 
+/// A host that stops (SIGTERM) lets go of the run it held before it exits,
+/// so another host takes it over at once, not after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_lets_go_of_its_run() {
+  let cluster = PgCluster::start();
+  let helper = Helper::start(|_, _| "hang");
+  let slow = format!(
+    r#"{REPORT}
+    Deno.cron("slow", "* * * * *", async () => {{
+      await report("/start", "slow");
+      await new Promise((resolve) => setTimeout(resolve, 60_000));
+    }});
+    export default {{ fetch: () => new Response("slow") }};
+  "#
+  );
+  let mut server = host(
+    &cluster,
+    &helper,
+    "h0",
+    &[("slow.ts", slow.as_str())],
+    "30s",
+  );
+  wait_ready(&[&server]).await;
+  let start = helper
+    .wait_for("/start", 1, Duration::from_secs(10))
+    .await
+    .remove(0);
+  server.sigterm();
+  let status = server.child.wait().unwrap();
+  assert!(status.success(), "{status:?}: {}", server.stderr());
+  let runs = cluster.runs("slow").await;
+  let row = runs.iter().find(|r| r.second == start.second()).unwrap();
+  // Still to be run (by whichever host comes next), held by nobody.
+  assert_eq!(
+    (row.state.as_str(), row.host.as_str()),
+    ("running", ""),
+    "{runs:?}"
+  );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_keep_serving_while_the_database_is_down_and_resume_without_duplicates() {
   let cluster = PgCluster::start();

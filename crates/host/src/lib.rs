@@ -434,7 +434,8 @@ impl Host {
     }
   }
 
-  /// Stops every instance (cron jobs with them) and waits for their threads.
+  /// Stops every instance (cron jobs with them) and waits for their
+  /// threads, and for the cron store to record what they let go of.
   pub async fn close(&self) {
     let threads: Vec<_> = self.functions.values().flat_map(|p| p.close()).collect();
     let _ = tokio::task::spawn_blocking(move || {
@@ -443,6 +444,11 @@ impl Host {
       }
     })
     .await;
+    // Runs the stopped instances held are let go of (so another host takes
+    // them over now, not after the lease): wait for those statements.
+    if let Some(store) = &self.cron_store {
+      store.settle(Duration::from_secs(5)).await;
+    }
   }
 
   /// Answers one HTTP request. If this future is dropped first (the client

@@ -26,6 +26,7 @@ mod sql;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::Weak;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -147,6 +148,10 @@ struct Inner {
   events: Option<Arc<dyn CronStoreEvents>>,
   schema: OnceCell<()>,
   health: Mutex<Health>,
+  /// Statements started in the background (a run let go of or closed)
+  /// that have not finished; [`PostgresCronStore::settle`] waits for them.
+  background: std::sync::atomic::AtomicUsize,
+  settled: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -228,6 +233,8 @@ impl PostgresCronStore {
         events: options.events,
         schema: OnceCell::new(),
         health: Mutex::new(Health::default()),
+        background: Default::default(),
+        settled: tokio::sync::Notify::new(),
       }),
     };
     store
@@ -490,6 +497,7 @@ impl PostgresCronStore {
   fn end_in_background(&self, statement: &'static str, key: RunKey) {
     let store = self.clone();
     let host = self.inner.host.clone();
+    self.inner.background.fetch_add(1, Ordering::AcqRel);
     self.inner.runtime.spawn(async move {
       let _ = store
         .run(move |client| async move {
@@ -501,7 +509,26 @@ impl PostgresCronStore {
             .await
         })
         .await;
+      if store.inner.background.fetch_sub(1, Ordering::AcqRel) == 1 {
+        store.inner.settled.notify_waiters();
+      }
     });
+  }
+
+  /// Waits (at most `within`) for the runs let go of in the background to
+  /// be recorded: call it after the runtimes are gone, before the process
+  /// exits, so other processes take those runs over at once.
+  pub async fn settle(&self, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+      let settled = self.inner.settled.notified();
+      if self.inner.background.load(Ordering::Acquire) == 0 {
+        return;
+      }
+      if tokio::time::timeout_at(deadline, settled).await.is_err() {
+        return;
+      }
+    }
   }
 
   /// What a statement on a job's runs needs, moved into its task.
