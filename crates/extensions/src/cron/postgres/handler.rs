@@ -70,7 +70,7 @@ impl CronHandler for PostgresCronHandler {
         .backoff_schedule
         .unwrap_or_else(|| DEFAULT_BACKOFF_SCHEDULE.to_vec()),
       names: self.names.clone(),
-      slot: Slot::default(),
+      slot: self.store.new_slot(),
       closed: Cell::new(false),
       wake: Notify::new(),
       last_tick: Cell::new(None),
@@ -84,7 +84,7 @@ impl CronHandler for PostgresCronHandler {
 pub(crate) struct Slot(Arc<Mutex<SlotState>>);
 
 #[derive(Default)]
-struct SlotState {
+pub(crate) struct SlotState {
   closed: bool,
   held: Option<Held>,
 }
@@ -114,6 +114,16 @@ impl Slot {
       key,
       due: waiting.map(|d| Instant::now() + d),
     });
+  }
+
+  pub(crate) fn downgrade(&self) -> std::sync::Weak<Mutex<SlotState>> {
+    Arc::downgrade(&self.0)
+  }
+
+  /// The run a slot holds, if any.
+  pub(crate) fn held_key(slot: &Mutex<SlotState>) -> Option<RunKey> {
+    let state = slot.lock().unwrap_or_else(|p| p.into_inner());
+    state.held.as_ref().map(|h| h.key.clone())
   }
 
   pub(crate) fn clear(&self) {

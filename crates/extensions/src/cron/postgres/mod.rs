@@ -152,6 +152,10 @@ struct Inner {
   /// that have not finished; [`PostgresCronStore::settle`] waits for them.
   background: std::sync::atomic::AtomicUsize,
   settled: tokio::sync::Notify,
+  /// Every job's slot: the runs this process knows it holds, and so
+  /// renews. A row claimed for this host whose acknowledgement was lost
+  /// is in no slot: its lease runs out and it is taken over.
+  slots: Mutex<Vec<std::sync::Weak<Mutex<handler::SlotState>>>>,
 }
 
 #[derive(Default)]
@@ -235,6 +239,7 @@ impl PostgresCronStore {
         health: Mutex::new(Health::default()),
         background: Default::default(),
         settled: tokio::sync::Notify::new(),
+        slots: Mutex::default(),
       }),
     };
     store
@@ -531,6 +536,18 @@ impl PostgresCronStore {
     }
   }
 
+  /// A job's slot, renewed while it holds a run.
+  pub(crate) fn new_slot(&self) -> handler::Slot {
+    let slot = handler::Slot::default();
+    self
+      .inner
+      .slots
+      .lock()
+      .unwrap_or_else(|p| p.into_inner())
+      .push(slot.downgrade());
+    slot
+  }
+
   /// What a statement on a job's runs needs, moved into its task.
   fn held(&self, slot: &handler::Slot) -> Held {
     Held {
@@ -551,6 +568,16 @@ impl PostgresCronStore {
 }
 
 impl Inner {
+  /// The runs the slots of live jobs hold.
+  fn held_runs(&self) -> Vec<RunKey> {
+    let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+    slots.retain(|slot| slot.strong_count() > 0);
+    slots
+      .iter()
+      .filter_map(|slot| handler::Slot::held_key(&*slot.upgrade()?))
+      .collect()
+  }
+
   fn health(&self) -> std::sync::MutexGuard<'_, Health> {
     self.health.lock().unwrap_or_else(|p| p.into_inner())
   }
@@ -604,7 +631,7 @@ impl Inner {
   }
 }
 
-/// Renews the lease of every run this process holds, every third of a
+/// Renews the lease of every run this process's jobs hold, every third of a
 /// lease (sooner after a failure, to get them back as soon as the database
 /// is).
 async fn renew_leases(store: Weak<Inner>) {
@@ -623,11 +650,27 @@ async fn renew_leases(store: Weak<Inner>) {
     let Some(inner) = store.upgrade() else {
       return;
     };
+    let held = inner.held_runs();
+    if held.is_empty() {
+      failed = false;
+      continue;
+    }
     let store_ref = PostgresCronStore { inner };
     let host = store_ref.inner.host.clone();
     let lease = store_ref.lease_ms();
     failed = store_ref
-      .run(move |client| async move { client.execute(sql::RENEW, &[&host, &lease]).await })
+      .run(move |client| async move {
+        let functions: Vec<&str> = held.iter().map(|k| &*k.function).collect();
+        let jobs: Vec<&str> = held.iter().map(|k| &*k.job).collect();
+        let ticks: Vec<DateTime<Utc>> = held.iter().map(|k| k.tick).collect();
+        let attempts: Vec<i32> = held.iter().map(|k| k.attempt).collect();
+        client
+          .execute(
+            sql::RENEW,
+            &[&host, &lease, &functions, &jobs, &ticks, &attempts],
+          )
+          .await
+      })
       .await
       .is_err();
   }

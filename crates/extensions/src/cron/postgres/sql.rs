@@ -192,9 +192,13 @@ pub(crate) const CLOSE: &str = r#"
      AND attempt = $4::integer AND host = $5::text AND state IN ('waiting', 'running')
 "#;
 
-/// Renews every lease this host holds: ($1 host, $2 lease ms).
+/// Renews the leases of the runs this host's jobs hold: ($1 host, $2 lease
+/// ms, $3..$6 arrays of their keys' columns).
 pub(crate) const RENEW: &str = r#"
-  UPDATE kiln_cron_runs
-     SET lease_until = GREATEST(due_at, now()) + $2::float8 * interval '1 millisecond'
-   WHERE host = $1::text AND state IN ('waiting', 'running')
+  UPDATE kiln_cron_runs r
+     SET lease_until = GREATEST(r.due_at, now()) + $2::float8 * interval '1 millisecond'
+    FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::integer[])
+         AS held(function, job, tick, attempt)
+   WHERE r.host = $1::text AND r.state IN ('waiting', 'running')
+     AND (r.function, r.job, r.tick, r.attempt) = (held.function, held.job, held.tick, held.attempt)
 "#;
