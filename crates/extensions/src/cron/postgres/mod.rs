@@ -203,6 +203,12 @@ impl PostgresCronStore {
           address: address.clone(),
           reason: describe(&e),
         })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+      return Err(CronStoreError::BadAddress {
+        address,
+        reason: "sslmode=require: the cron store does not speak TLS yet (reach a TLS-only database through a local TLS proxy such as pgbouncer or stunnel)".into(),
+      });
+    }
     if options.lease < Duration::from_millis(100) {
       return Err(CronStoreError::BadLease(options.lease));
     }
@@ -851,6 +857,17 @@ mod tests {
       err
         .as_deref()
         .is_some_and(|e| e.starts_with("invalid cron store address host=db port=notaport")),
+      "{err:?}"
+    );
+    let err = PostgresCronStore::connect(PostgresCronOptions::new(
+      "postgres://kiln:pw@db/kiln?sslmode=require",
+    ))
+    .err()
+    .map(|e| e.to_string());
+    assert!(
+      err.as_deref().is_some_and(|e| e.starts_with(
+        "invalid cron store address postgres://kiln:***@db/kiln?sslmode=require: sslmode=require: the cron store does not speak TLS"
+      )),
       "{err:?}"
     );
     let mut options = PostgresCronOptions::new("postgres://kiln@127.0.0.1/kiln");
