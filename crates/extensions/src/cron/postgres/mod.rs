@@ -333,24 +333,25 @@ impl PostgresCronStore {
       tick,
       attempt: 0,
     };
-    let Held {
-      host,
-      lease,
-      store,
-      slot,
-    } = self.held(slot);
+    let held = self.held(slot);
     self
       .run(move |client| async move {
         let row = client
           .query_one(
             sql::CLAIM,
-            &[&&*key.function, &&*key.job, &key.tick, &host, &lease],
+            &[
+              &&*key.function,
+              &&*key.job,
+              &key.tick,
+              &held.host,
+              &held.lease,
+            ],
           )
           .await?;
         let won: bool = row.get(0);
         let busy: Option<DateTime<Utc>> = row.get(1);
         Ok(if won {
-          slot.hold(&store, key, None);
+          held.slot.hold(&held.store, key, None);
           Claim::Won
         } else if busy.is_some_and(|t| t != key.tick) {
           Claim::Skipped(SkipReason::StillRunning)
@@ -370,18 +371,19 @@ impl PostgresCronStore {
     slot: &handler::Slot,
   ) -> Result<Option<RunKey>, CronStoreError> {
     let (function, job) = (function.clone(), job.clone());
-    let Held {
-      host,
-      lease,
-      store,
-      slot,
-    } = self.held(slot);
+    let held = self.held(slot);
     self
       .run(move |client| async move {
         let Some(row) = client
           .query_opt(
             sql::TAKE_OVER,
-            &[&&*function, &&*job, &host, &lease, &sql::MAX_TAKEOVERS],
+            &[
+              &&*function,
+              &&*job,
+              &held.host,
+              &held.lease,
+              &sql::MAX_TAKEOVERS,
+            ],
           )
           .await?
         else {
@@ -396,7 +398,7 @@ impl PostgresCronStore {
         let waiting = row
           .get::<_, Option<f64>>(2)
           .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0));
-        slot.hold(&store, key.clone(), waiting);
+        held.slot.hold(&held.store, key.clone(), waiting);
         Ok(Some(key))
       })
       .await
@@ -413,12 +415,7 @@ impl PostgresCronStore {
     slot: &handler::Slot,
   ) -> Result<(bool, bool), CronStoreError> {
     let key = key.clone();
-    let Held {
-      host,
-      lease,
-      store,
-      slot,
-    } = self.held(slot);
+    let held = self.held(slot);
     self
       .run(move |client| async move {
         let state = if success { "succeeded" } else { "failed" };
@@ -431,24 +428,24 @@ impl PostgresCronStore {
               &&*key.job,
               &key.tick,
               &key.attempt,
-              &host,
+              &held.host,
               &state,
               &retry_ms,
-              &lease,
+              &held.lease,
             ],
           )
           .await?;
-        let (held, retried): (bool, bool) = (row.get(0), row.get(1));
+        let (still_held, retried): (bool, bool) = (row.get(0), row.get(1));
         if retried {
           let next = RunKey {
             attempt: key.attempt + 1,
             ..key
           };
-          slot.hold(&store, next, retry);
+          held.slot.hold(&held.store, next, retry);
         } else {
-          slot.clear();
+          held.slot.clear();
         }
-        Ok((held, retried))
+        Ok((still_held, retried))
       })
       .await
   }
@@ -461,12 +458,7 @@ impl PostgresCronStore {
     slot: &handler::Slot,
   ) -> Result<bool, CronStoreError> {
     let key = key.clone();
-    let Held {
-      host,
-      lease,
-      store,
-      slot,
-    } = self.held(slot);
+    let held = self.held(slot);
     self
       .run(move |client| async move {
         let started = client
@@ -477,16 +469,16 @@ impl PostgresCronStore {
               &&*key.job,
               &key.tick,
               &key.attempt,
-              &host,
-              &lease,
+              &held.host,
+              &held.lease,
             ],
           )
           .await?
           == 1;
         if started {
-          slot.hold(&store, key, None);
+          held.slot.hold(&held.store, key, None);
         } else {
-          slot.clear();
+          held.slot.clear();
         }
         Ok(started)
       })
