@@ -193,7 +193,7 @@ impl PostgresCronHandle {
         Ok((true, _)) => return,
         Ok((false, _)) => {
           tracing::warn!(
-            "cron job {:?} of {}: its run was taken over by another host before it ended",
+            "cron job {:?} of {}: the end of its run was not recorded: this host no longer held it (its lease ran out and another host took it over, or an earlier attempt to record it went through unacknowledged)",
             &*self.job,
             self.function
           );
