@@ -208,6 +208,9 @@ fn snapshot_info_lists_every_extension() {
     "deno_webidl",
     "deno_web ",
     "kiln_runtime",
+    "v8 blob:        15.",
+    "  read-only ",
+    "  context 1 ",
   ] {
     assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
   }

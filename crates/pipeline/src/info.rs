@@ -31,5 +31,127 @@ pub fn describe(bytes: &[u8]) -> Result<String, ContainerError> {
   for (name, ops) in &c.manifest.extensions {
     out.push_str(&format!("  {name:<20} {:>4} ops\n", ops.len()));
   }
+  let raw = c.decompress()?;
+  match V8Sections::parse(&raw) {
+    Some(v8) => {
+      out.push_str(&format!(
+        "v8 blob:        {}, {} contexts\n",
+        v8.version,
+        v8.contexts.len()
+      ));
+      let mut row = |name: &str, len: usize| {
+        out.push_str(&format!("  {name:<20} {len:>8} bytes\n"));
+      };
+      row("isolate", v8.isolate);
+      row("read-only", v8.read_only);
+      row("shared space", v8.shared);
+      for (i, len) in v8.contexts.iter().enumerate() {
+        row(&format!("context {i}"), *len);
+      }
+    }
+    None => out.push_str("v8 blob:        layout not recognised\n"),
+  }
   Ok(out)
+}
+
+/// The parts of a V8 startup snapshot blob, in bytes: what deserialising an
+/// isolate (isolate, read-only, shared space) and a context costs is
+/// roughly proportional to these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V8Sections {
+  pub version: String,
+  pub isolate: usize,
+  pub read_only: usize,
+  pub shared: usize,
+  pub contexts: Vec<usize>,
+}
+
+impl V8Sections {
+  /// Reads V8's blob header (`src/snapshot/snapshot.cc`: context count,
+  /// rehashability, two checksums, a 64-byte version string, then the
+  /// offsets of the read-only, shared-space and context data; the isolate's
+  /// data follows the offsets). `None` if it does not hold together.
+  pub fn parse(blob: &[u8]) -> Option<V8Sections> {
+    let u32_at = |at: usize| -> Option<usize> {
+      let bytes: [u8; 4] = blob.get(at..at + 4)?.try_into().ok()?;
+      usize::try_from(u32::from_le_bytes(bytes)).ok()
+    };
+    let count = u32_at(0)?;
+    if count > 64 {
+      return None;
+    }
+    let version = blob.get(16..80)?;
+    let version = String::from_utf8_lossy(version.split(|&b| b == 0).next()?).into_owned();
+    let read_only = u32_at(80)?;
+    let shared = u32_at(84)?;
+    let contexts = (0..count)
+      .map(|i| u32_at(88 + 4 * i))
+      .collect::<Option<Vec<_>>>()?;
+    let isolate_start = 88 + 4 * count;
+    // Every section starts after the one before it and inside the blob.
+    let mut bounds = vec![isolate_start, read_only, shared];
+    bounds.extend(&contexts);
+    bounds.push(blob.len());
+    if bounds.windows(2).any(|w| w[0] > w[1]) {
+      return None;
+    }
+    let len = |i: usize| bounds[i + 1] - bounds[i];
+    Some(V8Sections {
+      version,
+      isolate: len(0),
+      read_only: len(1),
+      shared: len(2),
+      contexts: (0..count).map(|i| len(3 + i)).collect(),
+    })
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn blob(contexts: &[u32], sections: &[usize]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend((contexts.len() as u32).to_le_bytes());
+    b.extend([0u8; 12]);
+    let mut version = b"15.0.245.2-rusty".to_vec();
+    version.resize(64, 0);
+    b.extend(version);
+    let offsets_end = 88 + 4 * contexts.len();
+    let mut at = offsets_end + sections[0];
+    let mut offsets = Vec::new();
+    for len in &sections[1..] {
+      offsets.push(at as u32);
+      at += len;
+    }
+    for o in &offsets {
+      b.extend(o.to_le_bytes());
+    }
+    b.resize(at, 7);
+    b
+  }
+
+  #[test]
+  fn sections_of_a_blob() {
+    let v8 = V8Sections::parse(&blob(&[0, 0], &[100, 200, 30, 40, 500])).unwrap();
+    assert_eq!(
+      v8,
+      V8Sections {
+        version: "15.0.245.2-rusty".into(),
+        isolate: 100,
+        read_only: 200,
+        shared: 30,
+        contexts: vec![40, 500],
+      }
+    );
+  }
+
+  #[test]
+  fn nonsense_is_not_a_layout() {
+    assert_eq!(V8Sections::parse(b"short"), None);
+    let mut b = blob(&[0], &[10, 20, 30, 40]);
+    // The read-only section claims to start past the end.
+    b[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(V8Sections::parse(&b), None);
+  }
 }
