@@ -1,6 +1,8 @@
 //! Helpers shared by the benches.
 #![allow(dead_code)]
 
+use std::process::Command;
+use std::process::Stdio;
 use std::sync::Arc;
 
 use deno_core::Extension;
@@ -16,6 +18,17 @@ pub fn tokio() -> tokio::runtime::Runtime {
     .enable_all()
     .build()
     .expect("tokio runtime")
+}
+
+/// Runs `cmd` to completion, its output discarded; panics unless it
+/// succeeds.
+pub fn spawn_ok(cmd: &mut Command) {
+  let status = cmd
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .expect("spawn");
+  assert!(status.success(), "{cmd:?} failed: {status}");
 }
 
 /// Runs `1+1`: the definition of "a runtime that works".

@@ -20,7 +20,6 @@ mod common;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -61,15 +60,6 @@ fn child_modes() {
   }
 }
 
-fn spawn_ok(cmd: &mut Command) {
-  let status = cmd
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .status()
-    .expect("spawn");
-  assert!(status.success(), "{cmd:?} failed: {status}");
-}
-
 fn this_binary() -> PathBuf {
   std::env::current_exe().expect("current exe")
 }
@@ -78,7 +68,7 @@ fn floor(c: &mut Criterion) {
   child_modes();
   let dir = tempfile::tempdir().expect("tempdir");
   let bare = dir.path().join("bare.snap");
-  spawn_ok(Command::new(this_binary()).env(BAKE_TO, &bare));
+  common::spawn_ok(Command::new(this_binary()).env(BAKE_TO, &bare));
   let snapshot: &'static [u8] = Box::leak(
     std::fs::read(&bare)
       .expect("bare snapshot")
@@ -100,16 +90,16 @@ fn floor(c: &mut Criterion) {
     })
   });
   g.bench_function("process_exit", |b| {
-    b.iter(|| spawn_ok(Command::new(this_binary()).env(EXIT_AT_ONCE, "1")))
+    b.iter(|| common::spawn_ok(Command::new(this_binary()).env(EXIT_AT_ONCE, "1")))
   });
   g.bench_function("process_bare_snapshot", |b| {
-    b.iter(|| spawn_ok(Command::new(this_binary()).env(THAW_FROM, &bare)))
+    b.iter(|| common::spawn_ok(Command::new(this_binary()).env(THAW_FROM, &bare)))
   });
   let empty = dir.path().join("empty.js");
   std::fs::write(&empty, "").expect("write empty.js");
   let kiln = Path::new(env!("CARGO_BIN_EXE_kiln"));
   g.bench_function("kiln_run_empty", |b| {
-    b.iter(|| spawn_ok(Command::new(kiln).arg("run").arg(&empty)))
+    b.iter(|| common::spawn_ok(Command::new(kiln).arg("run").arg(&empty)))
   });
   g.finish();
 }

@@ -2,10 +2,12 @@
 //! exit. kiln's release binary always; `deno run` and `node` beside it when
 //! they are on PATH, so ratios are measured on the same machine in one run.
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -20,15 +22,6 @@ fn on_path(name: &str) -> Option<PathBuf> {
   })
 }
 
-fn spawn_ok(cmd: &mut Command) {
-  let status = cmd
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .status()
-    .expect("spawn");
-  assert!(status.success(), "{cmd:?} failed: {status}");
-}
-
 fn process(c: &mut Criterion) {
   let dir = tempfile::tempdir().expect("tempdir");
   let empty = dir.path().join("empty.js");
@@ -39,12 +32,12 @@ fn process(c: &mut Criterion) {
   g.measurement_time(Duration::from_secs(8));
   let kiln = Path::new(env!("CARGO_BIN_EXE_kiln"));
   g.bench_function("kiln_run", |b| {
-    b.iter(|| spawn_ok(Command::new(kiln).arg("run").arg(&empty)))
+    b.iter(|| common::spawn_ok(Command::new(kiln).arg("run").arg(&empty)))
   });
   if let Some(deno) = on_path("deno") {
     g.bench_function("deno_run", |b| {
       b.iter(|| {
-        spawn_ok(
+        common::spawn_ok(
           Command::new(&deno)
             .env("DENO_DIR", &deno_dir)
             .env("DENO_NO_UPDATE_CHECK", "1")
@@ -58,7 +51,7 @@ fn process(c: &mut Criterion) {
   }
   if let Some(node) = on_path("node") {
     g.bench_function("node", |b| {
-      b.iter(|| spawn_ok(Command::new(&node).arg(&empty)))
+      b.iter(|| common::spawn_ok(Command::new(&node).arg(&empty)))
     });
   } else {
     eprintln!("process: node not on PATH, skipped");

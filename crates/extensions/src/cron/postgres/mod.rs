@@ -280,34 +280,23 @@ impl PostgresCronStore {
     self.inner.clock
   }
 
-  /// Runs `op` with a connection on the store's thread, after the tables
-  /// are known to be there; records how it went.
+  /// Runs `op` on the store's thread (see [`Inner::execute`]) and waits
+  /// for it from any runtime.
   async fn run<T, F, Fut>(&self, op: F) -> Result<T, CronStoreError>
   where
     T: Send + 'static,
     F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
   {
-    let inner = self.inner.clone();
-    let task = self.inner.runtime.spawn(async move {
-      let mut client = inner.pool.get().await.map_err(|e| inner.pool_error(e))?;
-      inner
-        .schema
-        .get_or_try_init(|| sql::migrate(&mut client, &inner.address))
-        .await?;
-      op(client).await.map_err(|e| inner.db_error(&e))
-    });
-    let result = match task.await {
+    let task = self.inner.runtime.spawn(self.inner.clone().execute(op));
+    match task.await {
       Ok(result) => result,
-      Err(e) => Err(CronStoreError::Internal(format!(
-        "the store's thread is gone: {e}"
-      ))),
-    };
-    match &result {
-      Ok(_) => self.inner.succeeded(),
-      Err(e) => self.inner.failed(e),
+      Err(e) => {
+        let e = CronStoreError::Internal(format!("the store's thread is gone: {e}"));
+        self.inner.failed(&e);
+        Err(e)
+      }
     }
-    result
   }
 
   /// Whether this process may take runs over: not until the store has
@@ -498,12 +487,13 @@ impl PostgresCronStore {
   }
 
   fn end_in_background(&self, statement: &'static str, key: RunKey) {
-    let store = self.clone();
-    let host = self.inner.host.clone();
-    self.inner.background.fetch_add(1, Ordering::AcqRel);
+    let inner = self.inner.clone();
+    let host = inner.host.clone();
+    inner.background.fetch_add(1, Ordering::AcqRel);
     self.inner.runtime.spawn(async move {
-      let _ = store
-        .run(move |client| async move {
+      let _ = inner
+        .clone()
+        .execute(move |client| async move {
           client
             .execute(
               statement,
@@ -512,8 +502,8 @@ impl PostgresCronStore {
             .await
         })
         .await;
-      if store.inner.background.fetch_sub(1, Ordering::AcqRel) == 1 {
-        store.inner.settled.notify_waiters();
+      if inner.background.fetch_sub(1, Ordering::AcqRel) == 1 {
+        inner.settled.notify_waiters();
       }
     });
   }
@@ -550,7 +540,7 @@ impl PostgresCronStore {
   fn held(&self, slot: &handler::Slot) -> Held {
     Held {
       host: self.inner.host.clone(),
-      lease: self.lease_ms(),
+      lease: self.inner.lease_ms(),
       store: self.clone(),
       slot: slot.clone(),
     }
@@ -559,13 +549,37 @@ impl PostgresCronStore {
   pub(crate) fn events(&self) -> Option<&Arc<dyn CronStoreEvents>> {
     self.inner.events.as_ref()
   }
-
-  fn lease_ms(&self) -> f64 {
-    self.inner.lease.as_secs_f64() * 1000.0
-  }
 }
 
 impl Inner {
+  /// The lease, in ms as the statements take it.
+  fn lease_ms(&self) -> f64 {
+    self.lease.as_secs_f64() * 1000.0
+  }
+
+  /// Runs `op` with a connection, after the tables are known to be there;
+  /// records how it went. On the store's thread.
+  async fn execute<T, F, Fut>(self: Arc<Self>, op: F) -> Result<T, CronStoreError>
+  where
+    F: FnOnce(deadpool_postgres::Object) -> Fut,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+  {
+    let result = async {
+      let mut client = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+      self
+        .schema
+        .get_or_try_init(|| sql::migrate(&mut client, &self.address))
+        .await?;
+      op(client).await.map_err(|e| self.db_error(&e))
+    }
+    .await;
+    match &result {
+      Ok(_) => self.succeeded(),
+      Err(e) => self.failed(e),
+    }
+    result
+  }
+
   /// The runs the slots of live jobs hold.
   fn held_runs(&self) -> Vec<RunKey> {
     let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -653,11 +667,10 @@ async fn renew_leases(store: Weak<Inner>) {
       failed = false;
       continue;
     }
-    let store_ref = PostgresCronStore { inner };
-    let host = store_ref.inner.host.clone();
-    let lease = store_ref.lease_ms();
-    failed = store_ref
-      .run(move |client| async move {
+    let host = inner.host.clone();
+    let lease = inner.lease_ms();
+    failed = inner
+      .execute(move |client| async move {
         let functions: Vec<&str> = held.iter().map(|k| &*k.function).collect();
         let jobs: Vec<&str> = held.iter().map(|k| &*k.job).collect();
         let ticks: Vec<DateTime<Utc>> = held.iter().map(|k| k.tick).collect();
