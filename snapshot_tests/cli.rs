@@ -211,9 +211,46 @@ fn snapshot_info_lists_every_extension() {
     "v8 blob:        15.",
     "  read-only ",
     "  context 1 ",
+    "  deno_core sidecar ",
+    ", read-only heap ",
   ] {
     assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
   }
+  // V8's header and sections, deno_core's sidecar and the blob's 8-byte
+  // length are the whole raw snapshot.
+  let bytes_of = |line: &str| -> Option<usize> {
+    let rest = line.strip_suffix(" bytes")?;
+    rest.rsplit(' ').next()?.parse().ok()
+  };
+  let raw: usize = out
+    .lines()
+    .find_map(|l| l.strip_prefix("raw size:"))
+    .and_then(|l| bytes_of(l.trim()))
+    .expect("raw size line");
+  let sections: usize = out
+    .lines()
+    .skip_while(|l| !l.starts_with("v8 blob:"))
+    .skip(1)
+    .filter_map(bytes_of)
+    .sum();
+  let contexts: usize = out
+    .lines()
+    .find_map(|l| l.strip_prefix("v8 blob:"))
+    .and_then(|l| {
+      l.split(", ")
+        .nth(1)?
+        .strip_suffix(" contexts")?
+        .parse()
+        .ok()
+    })
+    .expect("context count");
+  // V8's header: 88 bytes, then one offset per context.
+  let header = 88 + 4 * contexts;
+  assert_eq!(
+    header + sections + 8,
+    raw,
+    "sections do not add up in:\n{out}"
+  );
   for (name, _) in kiln::runtime::expected_manifest().extensions {
     assert!(out.contains(&name), "missing extension {name} in:\n{out}");
   }

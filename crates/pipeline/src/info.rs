@@ -32,12 +32,13 @@ pub fn describe(bytes: &[u8]) -> Result<String, ContainerError> {
     out.push_str(&format!("  {name:<20} {:>4} ops\n", ops.len()));
   }
   let raw = c.decompress()?;
-  match V8Sections::parse(&raw) {
+  match V8Sections::of_snapshot(&raw) {
     Some(v8) => {
       out.push_str(&format!(
-        "v8 blob:        {}, {} contexts\n",
+        "v8 blob:        {}, {} contexts, read-only heap {:08x}\n",
         v8.version,
-        v8.contexts.len()
+        v8.contexts.len(),
+        v8.read_only_checksum
       ));
       let mut row = |name: &str, len: usize| {
         out.push_str(&format!("  {name:<20} {len:>8} bytes\n"));
@@ -48,6 +49,10 @@ pub fn describe(bytes: &[u8]) -> Result<String, ContainerError> {
       for (i, len) in v8.contexts.iter().enumerate() {
         row(&format!("context {i}"), *len);
       }
+      // deno_core's part: the sources of the baked scripts (V8 holds them
+      // as external strings pointing here, not in its heap), the module
+      // map and the op table.
+      row("deno_core sidecar", v8.sidecar);
     }
     None => out.push_str("v8 blob:        layout not recognised\n"),
   }
@@ -60,13 +65,30 @@ pub fn describe(bytes: &[u8]) -> Result<String, ContainerError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V8Sections {
   pub version: String,
+  /// The checksum of the read-only heap the snapshot was made with: V8
+  /// shares one read-only heap per process, so only snapshots with the same
+  /// checksum can be thawed side by side.
+  pub read_only_checksum: u32,
   pub isolate: usize,
   pub read_only: usize,
   pub shared: usize,
   pub contexts: Vec<usize>,
+  /// Bytes after V8's blob (deno_core's sidecar), 0 for a bare blob.
+  pub sidecar: usize,
 }
 
 impl V8Sections {
+  /// Splits a deno_core snapshot (V8's blob, deno_core's sidecar, then the
+  /// blob's length as a little-endian u64) and reads the blob's header.
+  pub fn of_snapshot(snapshot: &[u8]) -> Option<V8Sections> {
+    let len_at = snapshot.len().checked_sub(8)?;
+    let v8_len = u64::from_le_bytes(snapshot.get(len_at..)?.try_into().ok()?);
+    let v8_len = usize::try_from(v8_len).ok().filter(|&l| l <= len_at)?;
+    let mut sections = V8Sections::parse(&snapshot[..v8_len])?;
+    sections.sidecar = len_at - v8_len;
+    Some(sections)
+  }
+
   /// Reads V8's blob header (`src/snapshot/snapshot.cc`: context count,
   /// rehashability, two checksums, a 64-byte version string, then the
   /// offsets of the read-only, shared-space and context data; the isolate's
@@ -80,6 +102,7 @@ impl V8Sections {
     if count > 64 {
       return None;
     }
+    let read_only_checksum = u32::from_le_bytes(blob.get(12..16)?.try_into().ok()?);
     let version = blob.get(16..80)?;
     let version = String::from_utf8_lossy(version.split(|&b| b == 0).next()?).into_owned();
     let read_only = u32_at(80)?;
@@ -98,10 +121,12 @@ impl V8Sections {
     let len = |i: usize| bounds[i + 1] - bounds[i];
     Some(V8Sections {
       version,
+      read_only_checksum,
       isolate: len(0),
       read_only: len(1),
       shared: len(2),
       contexts: (0..count).map(|i| len(3 + i)).collect(),
+      sidecar: 0,
     })
   }
 }
@@ -113,7 +138,8 @@ mod tests {
   fn blob(contexts: &[u32], sections: &[usize]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend((contexts.len() as u32).to_le_bytes());
-    b.extend([0u8; 12]);
+    b.extend([0u8; 8]);
+    b.extend(0x9ad1_4d89u32.to_le_bytes());
     let mut version = b"15.0.245.2-rusty".to_vec();
     version.resize(64, 0);
     b.extend(version);
@@ -138,12 +164,28 @@ mod tests {
       v8,
       V8Sections {
         version: "15.0.245.2-rusty".into(),
+        read_only_checksum: 0x9ad1_4d89,
         isolate: 100,
         read_only: 200,
         shared: 30,
         contexts: vec![40, 500],
+        sidecar: 0,
       }
     );
+  }
+
+  #[test]
+  fn sections_of_a_deno_core_snapshot() {
+    let mut snapshot = blob(&[0], &[100, 200, 30, 40]);
+    let v8_len = snapshot.len() as u64;
+    snapshot.extend([1u8; 77]);
+    snapshot.extend(v8_len.to_le_bytes());
+    let v8 = V8Sections::of_snapshot(&snapshot).unwrap();
+    assert_eq!((v8.contexts.clone(), v8.sidecar), (vec![40], 77));
+    // A length past the end is not a snapshot.
+    let at = snapshot.len() - 8;
+    snapshot[at..].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(V8Sections::of_snapshot(&snapshot), None);
   }
 
   #[test]
