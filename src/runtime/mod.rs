@@ -21,6 +21,7 @@ use deno_core::error::CoreError;
 use deno_core::error::CoreErrorKind;
 use deno_core::error::JsError;
 use deno_core::v8;
+use kiln_pipeline::info::V8Sections;
 
 pub use code_cache::CodeCache;
 pub use loader::DEFAULT_MAX_MODULE_BYTES;
@@ -476,9 +477,7 @@ impl Runtime {
     .map_err(|e| Error::Init(e.to_string()))?;
     let handle = js.v8_isolate().thread_safe_handle();
     js.op_state().borrow_mut().put(TerminationHandle(handle));
-    let host_hooks = js
-      .execute_script("ext:kiln/bootstrap.js", "globalThis.__kilnBootstrap();")
-      .map_err(|e| Error::Init(format!("bootstrap failed: {e}")))?;
+    let host_hooks = call_bootstrap(&mut js)?;
     Ok(Runtime {
       js,
       host_hooks,
@@ -748,10 +747,27 @@ impl Runtime {
   }
 }
 
-/// The checksum of the read-only heap a V8 snapshot was made with (V8's
-/// snapshot header: contexts, rehashability, checksum, then this).
-fn read_only_checksum(snapshot: &[u8]) -> Option<u32> {
-  Some(u32::from_le_bytes(snapshot.get(12..16)?.try_into().ok()?))
+/// Calls the glue's `globalThis.__kilnBootstrap()` (the run-time half of
+/// its set-up) and returns the host hooks it hands back. A call through the
+/// API, not a script: a script would be parsed and compiled at every start.
+fn call_bootstrap(js: &mut JsRuntime) -> Result<v8::Global<v8::Value>, Error> {
+  let failed = |why: String| Error::Init(format!("bootstrap failed: {why}"));
+  deno_core::scope!(scope, js);
+  v8::tc_scope!(let scope, scope);
+  let global = scope.get_current_context().global(scope);
+  let key = v8::String::new_external_onebyte_static(scope, b"__kilnBootstrap")
+    .ok_or_else(|| failed("no string".into()))?;
+  let function = global
+    .get(scope, key.into())
+    .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
+    .ok_or_else(|| failed("globalThis.__kilnBootstrap is not a function".into()))?;
+  match function.call(scope, global.into(), &[]) {
+    Some(hooks) => Ok(v8::Global::new(scope, hooks)),
+    None => Err(failed(match scope.exception() {
+      Some(e) => e.to_rust_string_lossy(scope),
+      None => "terminated".into(),
+    })),
+  }
 }
 
 /// V8 shares one read-only heap between every isolate of a process, taken
@@ -762,7 +778,7 @@ fn read_only_checksum(snapshot: &[u8]) -> Option<u32> {
 /// read-only checksum and refuses a different one with an error.
 pub fn check_read_only_heap(snapshot: &[u8]) -> Result<(), Error> {
   static FIRST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-  let Some(checksum) = read_only_checksum(snapshot) else {
+  let Some(checksum) = V8Sections::of_snapshot(snapshot).map(|v8| v8.read_only_checksum) else {
     return Err(Error::Init("the snapshot has no V8 header".into()));
   };
   let first = *FIRST.get_or_init(|| checksum);
