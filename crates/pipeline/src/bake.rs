@@ -612,9 +612,21 @@ fn snapshot_with_modules_inner(
   })
   .map_err(|e| BakeError::CreateSnapshot(e.to_string()))?;
   let script_error = |e: Box<deno_core::error::JsError>| BakeError::Module(e.to_string());
+  // One turn of the event loop without waiting: what a script or module
+  // left for later (settled promises' reactions, FinalizationRegistry
+  // cleanups V8 posted) runs now, not in the snapshot.
+  let settle = |js: &mut deno_core::JsRuntimeForSnapshot| {
+    tokio.block_on(std::future::poll_fn(|cx| {
+      match js.poll_event_loop(cx, Default::default()) {
+        std::task::Poll::Ready(result) => std::task::Poll::Ready(result),
+        std::task::Poll::Pending => std::task::Poll::Ready(Ok(())),
+      }
+    }))
+  };
   if let Some(prelude) = modules.prelude {
     js.execute_script("ext:kiln/bake_prelude.js", prelude)
       .map_err(script_error)?;
+    settle(&mut js).map_err(|e| BakeError::Module(e.to_string()))?;
   }
   let filter = RuntimeActivityStatsFilter::all();
   for (index, specifier) in modules.modules.iter().enumerate() {
@@ -650,14 +662,7 @@ fn snapshot_with_modules_inner(
     }
     // A module that threw settles its evaluation first and reports the
     // exception on the next turn of the event loop: take that turn.
-    tokio
-      .block_on(std::future::poll_fn(|cx| {
-        match js.poll_event_loop(cx, Default::default()) {
-          std::task::Poll::Ready(result) => std::task::Poll::Ready(result),
-          std::task::Poll::Pending => std::task::Poll::Ready(Ok(())),
-        }
-      }))
-      .map_err(module_error)?;
+    settle(&mut js).map_err(module_error)?;
     if let Some(after_each) = &modules.after_each {
       js.execute_script("ext:kiln/bake_after_module.js", after_each.clone())
         .map_err(|e| at(script_error(e)))?;
