@@ -470,7 +470,10 @@ export function bakingEntrySpecifier(): string | undefined {
  * `Deno` namespace (with no arguments and an empty environment) as it will
  * at launch.
  */
-function bakeBegin(): void {
+function bakeBegin(serving = false): void {
+  if (serving) {
+    (hostHooks.compileRequestPath as () => void)();
+  }
   internalDeno = ObjectGetOwnPropertyDescriptor(globalThis, "Deno");
   ObjectDefineProperty(globalThis, "Deno", {
     value: denoNs,

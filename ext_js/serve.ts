@@ -140,10 +140,13 @@ function requestBody(rid: number): ReadableStream<Uint8Array> {
 
 /** Streams the body out; false if the client went away first. */
 async function writeBody(
-  rid: number,
+  rid: number | typeof COMPILE_ONLY,
   body: ReadableStream<Uint8Array>,
   abort: AbortController,
 ): Promise<boolean> {
+  if (rid === COMPILE_ONLY) {
+    return true;
+  }
   const reader = body.getReader();
   while (true) {
     const { value, done } = await reader.read();
@@ -271,11 +274,18 @@ function openSocket(
   return closed;
 }
 
+/** The first argument of `handle` and friends at bake: return at once. */
+const COMPILE_ONLY = Symbol("kiln compile only");
+
 async function handle(
-  handler: FetchHandler,
+  handler: FetchHandler | typeof COMPILE_ONLY,
   env: Readonly<Record<string, string>>,
-  [rid, method, url, headers, hasBody]: NextRequest,
+  next: NextRequest,
 ): Promise<void> {
+  if (handler === COMPILE_ONLY) {
+    return;
+  }
+  const [rid, method, url, headers, hasBody] = next;
   let ok = false;
   // `ctx.waitUntil` work runs after the response went out and keeps the
   // instance busy until it settles (the host bounds it by its timeout).
@@ -347,7 +357,12 @@ async function handle(
   op_serve_close(rid);
 }
 
-async function serveLoop(handler: FetchHandler): Promise<void> {
+async function serveLoop(
+  handler: FetchHandler | typeof COMPILE_ONLY,
+): Promise<void> {
+  if (handler === COMPILE_ONLY) {
+    return;
+  }
   // The function's variables, read once: they cannot change.
   const env = ObjectFreeze(
     op_kiln_env_to_object() as Record<string, string>,
@@ -368,7 +383,12 @@ async function serveLoop(handler: FetchHandler): Promise<void> {
  * (unhandled rejection, a throw in a timer or microtask) is reported to the
  * host instead of ending the isolate, so it cannot fail another request.
  */
-hostHooks.serve = function serve(ns: Record<string, unknown>): void {
+hostHooks.serve = function serve(
+  ns: Record<string, unknown> | typeof COMPILE_ONLY,
+): void {
+  if (ns === COMPILE_ONLY) {
+    return;
+  }
   const handler = ns.default as FetchHandler | undefined;
   if (
     handler === null || typeof handler !== "object" ||
@@ -388,4 +408,71 @@ hostHooks.serve = function serve(ns: Record<string, unknown>): void {
     op_serve_unhandled(errorText(error));
   });
   PromisePrototypeThen(serveLoop(handler), undefined, () => {});
+};
+
+/**
+ * What the request path made at bake, kept: a request's signal follows its
+ * controller's through a FinalizationRegistry, and V8 refuses to serialize
+ * a heap where such a registry has cleanups pending.
+ */
+const compiledWith: unknown[] = [];
+
+/**
+ * Runs the request path once, when functions for `kiln serve` are baked
+ * (`__kilnBakeBegin(true)`). V8 compiles a function the first time it is
+ * called and a bake keeps compiled functions in the snapshot, so without
+ * this every new instance parsed and compiled Request, Response, Headers,
+ * URL, AbortSignal, streams and this file's functions on its first request
+ * (about 1.5 ms; benches/RESULTS.md section 11). Not in kiln's own snapshot:
+ * the bytecode would cost every `kiln run` about 0.2 ms to thaw. It does
+ * what `handle` and a typical handler do, without ops: nothing stays
+ * pending.
+ */
+hostHooks.compileRequestPath = function compileRequestPath(): void {
+  (hostHooks.serve as (ns: typeof COMPILE_ONLY) => void)(COMPILE_ONLY);
+  // No job is recorded yet, so this starts nothing.
+  (hostHooks.startBakedJobs as (entry: string) => void)("");
+  serveLoop(COMPILE_ONLY);
+  handle(COMPILE_ONLY, {}, [0, "", "", [], false]);
+  const abort = new AbortController();
+  const request = new Request("http://localhost/compile?kiln=1", {
+    method: "POST",
+    headers: [["content-type", "text/plain"], ["x-kiln", "1"]],
+    body: new ReadableStream({
+      pull(controller) {
+        controller.enqueue(new Uint8Array(1));
+        controller.close();
+      },
+    }),
+    signal: abort.signal,
+    // @ts-ignore: streamed request bodies need duplex "half"
+    duplex: "half",
+  });
+  ArrayPrototypePush(compiledWith, abort, request);
+  new URL(request.url).searchParams.get("kiln");
+  request.headers.get("content-type");
+  void request.method;
+  void request.signal;
+  // Both kinds of response: a text body with one content type (deno_fetch's
+  // fast static path) and one with other headers.
+  for (
+    const response of [
+      new Response("compiled", {
+        headers: { "content-type": "text/plain; charset=utf-8" },
+      }),
+      new Response(new Uint8Array(1), { status: 201, headers: [["x-a", "b"]] }),
+    ]
+  ) {
+    ObjectPrototypeIsPrototypeOf(ResponsePrototype, response);
+    [...response.headers];
+    WeakMapPrototypeGet(upgrades, response);
+    void response.status;
+    response.headers.get("sec-websocket-protocol");
+    const body = response.body;
+    if (body !== null) {
+      writeBody(COMPILE_ONLY, body, abort);
+      const reader = body.getReader();
+      PromisePrototypeThen(reader.read(), () => reader.cancel());
+    }
+  }
 };

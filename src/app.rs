@@ -226,7 +226,8 @@ fn bake_named(request: &AppBake) -> Result<Vec<u8>, AppError> {
     crate::snapshot::load::EXTENSION_SOURCES,
   )?;
   // Cron jobs are recorded under the entry whose modules declared them.
-  let mut user = crate::runtime::user_modules_for(loader.clone(), modules, &entries);
+  let serving = matches!(request.mode, EntryMode::Module);
+  let mut user = crate::runtime::user_modules_for(loader.clone(), modules, &entries, serving);
   user.on_module = Some(Box::new(|i| eprintln!("{ENTRY_STARTED} {i}")));
   user.timeout = request.entry_timeout;
   user.max_heap_bytes = request.max_heap_bytes;

@@ -139,15 +139,20 @@ pub fn user_modules(
   modules: Vec<ModuleSpecifier>,
 ) -> kiln_pipeline::bake::UserModules {
   let entries = modules.clone();
-  user_modules_for(loader, modules, &entries)
+  user_modules_for(loader, modules, &entries, false)
 }
 
 /// [`user_modules`] where the cron jobs of `modules[i]` (and what it
 /// imports) belong to `entries[i]`.
+///
+/// `serving`: the entries are functions for `kiln serve`; the bake also
+/// compiles the request path into the snapshot (see `compileRequestPath` in
+/// `ext_js/serve.ts`).
 pub(crate) fn user_modules_for(
   loader: std::rc::Rc<dyn deno_core::ModuleLoader>,
   modules: Vec<ModuleSpecifier>,
   entries: &[ModuleSpecifier],
+  serving: bool,
 ) -> kiln_pipeline::bake::UserModules {
   let tags: Vec<String> = entries
     .iter()
@@ -155,7 +160,7 @@ pub(crate) fn user_modules_for(
     .collect();
   kiln_pipeline::bake::UserModules {
     loader,
-    prelude: Some("globalThis.__kilnBakeBegin();".into()),
+    prelude: Some(format!("globalThis.__kilnBakeBegin({serving});")),
     modules,
     before_each: Some(Box::new(move |i| {
       format!("globalThis.__kilnBakeEntryBegin({});", tags[i])
