@@ -309,11 +309,11 @@ impl AppImage {
         "not an app container (no app in its manifest)",
       )));
     }
-    let raw = parsed.decompress()?;
-    if !keep(&AppPayload::decode(&raw)?) {
+    let raw = crate::snapshot::memory::decompress(&parsed)?;
+    if !keep(&AppPayload::decode(raw.as_slice())?) {
       return Ok(None);
     }
-    let raw: &'static [u8] = Box::leak(raw.into_boxed_slice());
+    let raw = raw.leak();
     let payload = AppPayload::decode(raw)?;
     Ok(Some(AppImage {
       payload: Arc::new(payload),

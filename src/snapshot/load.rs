@@ -65,9 +65,12 @@ pub fn prefetch_embedded(expected: fn() -> Manifest) {
 /// the embedded extension list is fixed for the process.
 #[cfg(feature = "embedded-snapshot")]
 pub fn embedded(expected: impl FnOnce() -> Manifest) -> Result<&'static [u8], ContainerError> {
-  static THAWED: OnceLock<Result<Box<[u8]>, ContainerError>> = OnceLock::new();
+  static THAWED: OnceLock<Result<&'static [u8], ContainerError>> = OnceLock::new();
   THAWED
-    .get_or_init(|| thaw(EMBEDDED_SNAPSHOT, &expected()).map(Vec::into_boxed_slice))
-    .as_deref()
-    .map_err(Clone::clone)
+    .get_or_init(|| {
+      let container = super::container::SnapshotContainer::parse(EMBEDDED_SNAPSHOT)?;
+      container.check_manifest(&expected())?;
+      Ok(super::memory::decompress(&container)?.leak())
+    })
+    .clone()
 }

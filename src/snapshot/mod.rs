@@ -7,3 +7,5 @@ pub use kiln_pipeline::info;
 pub use kiln_pipeline::transpile;
 
 pub mod load;
+#[cfg(feature = "embedded-snapshot")]
+pub(crate) mod memory;

@@ -345,6 +345,28 @@ impl<'a> SnapshotContainer<'a> {
     })
   }
 
+  /// Decompresses the payload into `out`, which must be exactly
+  /// [`raw_len`](Self::raw_len) bytes long, verifying zstd's checksum and
+  /// the raw length.
+  pub fn decompress_into(&self, out: &mut [u8]) -> Result<(), ContainerError> {
+    if out.len() as u64 != self.raw_len {
+      return Err(ContainerError::PayloadTruncated {
+        actual: out.len() as u64,
+        expected: self.raw_len,
+      });
+    }
+    let written =
+      zstd::bulk::Decompressor::new().and_then(|mut d| d.decompress_to_buffer(self.payload, out));
+    match written {
+      Ok(n) if n as u64 == self.raw_len => Ok(()),
+      Ok(n) => Err(ContainerError::PayloadTruncated {
+        actual: n as u64,
+        expected: self.raw_len,
+      }),
+      Err(_) => Err(self.diagnose_failure()),
+    }
+  }
+
   /// Decompresses the payload, verifying zstd's checksum and the raw length.
   pub fn decompress(&self) -> Result<Vec<u8>, ContainerError> {
     // One-shot into a buffer of the known size: the fast path.
@@ -429,6 +451,23 @@ mod tests {
     assert_eq!(c.raw_len, raw.len() as u64);
     c.check_manifest(&m).unwrap();
     assert_eq!(c.decompress().unwrap(), raw);
+    let mut into = vec![0; raw.len()];
+    c.decompress_into(&mut into).unwrap();
+    assert_eq!(into, raw);
+  }
+
+  #[test]
+  fn decompress_into_needs_a_buffer_of_the_raw_length() {
+    let (_, raw, bytes) = sample();
+    let c = SnapshotContainer::parse(&bytes).unwrap();
+    for len in [raw.len() - 1, raw.len() + 1] {
+      let err = c.decompress_into(&mut vec![0; len]).unwrap_err();
+      assert!(
+        matches!(err, ContainerError::PayloadTruncated { actual, expected }
+          if actual == len as u64 && expected == raw.len() as u64),
+        "{err}"
+      );
+    }
   }
 
   #[test]
@@ -523,6 +562,11 @@ mod tests {
       ContainerError::PayloadTruncated { expected, .. } => assert_eq!(expected, raw.len() as u64),
       other => panic!("expected PayloadTruncated, got {other}"),
     }
+    let err = c.decompress_into(&mut vec![0; raw.len()]).unwrap_err();
+    assert!(
+      matches!(err, ContainerError::PayloadTruncated { .. }),
+      "expected PayloadTruncated, got {err}"
+    );
     assert!(err_text(&bytes[..cut]).starts_with("snapshot payload truncated"));
   }
 
@@ -595,6 +639,9 @@ mod proptests {
     if let Ok(container) = SnapshotContainer::parse(bytes) {
       let _ = container.check_manifest(expected);
       let _ = container.decompress();
+      if container.raw_len <= 1 << 20 {
+        let _ = container.decompress_into(&mut vec![0; container.raw_len as usize]);
+      }
     }
   }
 
