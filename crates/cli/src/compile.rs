@@ -174,21 +174,71 @@ fn read_trailer(file: &mut std::fs::File) -> Option<std::io::Result<u64>> {
 }
 
 /// The app container appended to this executable, if it is a compiled one.
-pub fn embedded_app() -> Option<std::io::Result<Vec<u8>>> {
+/// It is read once, at launch, and the bytes are kept for the process.
+pub fn embedded_app() -> Option<std::io::Result<&'static [u8]>> {
   let path = std::env::current_exe().ok()?;
   let mut file = std::fs::File::open(path).ok()?;
   let len = match read_trailer(&mut file)? {
     Ok(len) => len,
     Err(e) => return Some(Err(e)),
   };
-  let mut read = || -> std::io::Result<Vec<u8>> {
+  let mut read = || -> std::io::Result<&'static [u8]> {
     let end = file.seek(SeekFrom::End(-(TRAILER_LEN as i64)))?;
-    let mut container = vec![0; len as usize];
-    file.seek(SeekFrom::Start(end - len))?;
+    let start = end - len;
+    let len = usize::try_from(len).map_err(|_| {
+      std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "the app does not fit in memory",
+      )
+    })?;
+    if let Some(mapped) = map_file(&file, start, len) {
+      return Ok(mapped);
+    }
+    let mut container = vec![0; len];
+    file.seek(SeekFrom::Start(start))?;
     file.read_exact(&mut container)?;
-    Ok(container)
+    Ok(Box::leak(container.into_boxed_slice()))
   };
   Some(read())
+}
+
+/// `len` bytes of `file` from `start`, mapped read-only and populated in
+/// one call: no copy into a buffer and no page fault per page, as a read
+/// into a fresh `Vec` had (about 1 000 faults for a 2 MB app). `None` where
+/// mapping is not available; the caller reads instead. An executable cannot
+/// be written while it runs (ETXTBSY), so the mapping stays valid.
+#[cfg(target_os = "linux")]
+fn map_file(file: &std::fs::File, start: u64, len: usize) -> Option<&'static [u8]> {
+  use std::os::fd::AsRawFd;
+  // SAFETY: sysconf has no preconditions.
+  let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+  let offset = start - start % page.max(1);
+  let skip = usize::try_from(start - offset).ok()?;
+  let map_len = skip.checked_add(len)?;
+  if len == 0 {
+    return None;
+  }
+  // SAFETY: a private read-only mapping of an open file, never unmapped:
+  // the slice lives for the process.
+  unsafe {
+    let ptr = libc::mmap(
+      std::ptr::null_mut(),
+      map_len,
+      libc::PROT_READ,
+      libc::MAP_PRIVATE | libc::MAP_POPULATE,
+      file.as_raw_fd(),
+      libc::off_t::try_from(offset).ok()?,
+    );
+    if ptr == libc::MAP_FAILED {
+      return None;
+    }
+    Some(std::slice::from_raw_parts(ptr.cast::<u8>().add(skip), len))
+  }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn map_file(_file: &std::fs::File, _start: u64, _len: usize) -> Option<&'static [u8]> {
+  None
 }
 /// Runs the app of a compiled executable with `args` as `Deno.args`.
 pub fn run_compiled(

@@ -192,7 +192,7 @@ fn main() -> ExitCode {
     let args = argv.map(|a| a.to_string_lossy().into_owned()).collect();
     let result = container
       .map_err(|e| format!("this executable's app cannot be read: {e}").into())
-      .and_then(|container| compile::run_compiled(&container, args));
+      .and_then(|container| compile::run_compiled(container, args));
     return finish(result);
   }
   // A bake in a child process (`kiln compile`, `kiln serve`).
