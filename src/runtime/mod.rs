@@ -21,7 +21,7 @@ use deno_core::error::CoreError;
 use deno_core::error::CoreErrorKind;
 use deno_core::error::JsError;
 use deno_core::v8;
-use kiln_pipeline::info::V8Sections;
+use kiln_pipeline::info::read_only_checksum;
 
 pub use code_cache::CodeCache;
 pub use loader::DEFAULT_MAX_MODULE_BYTES;
@@ -783,7 +783,7 @@ fn call_bootstrap(js: &mut JsRuntime) -> Result<v8::Global<v8::Value>, Error> {
 /// read-only checksum and refuses a different one with an error.
 pub fn check_read_only_heap(snapshot: &[u8]) -> Result<(), Error> {
   static FIRST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-  let Some(checksum) = V8Sections::of_snapshot(snapshot).map(|v8| v8.read_only_checksum) else {
+  let Some(checksum) = read_only_checksum(snapshot) else {
     return Err(Error::Init("the snapshot has no V8 header".into()));
   };
   let first = *FIRST.get_or_init(|| checksum);
