@@ -309,7 +309,7 @@ impl AppImage {
         "not an app container (no app in its manifest)",
       )));
     }
-    let raw = crate::snapshot::memory::decompress(&parsed)?;
+    let raw = kiln_pipeline::memory::decompress(&parsed)?;
     if !keep(&AppPayload::decode(raw.as_slice())?) {
       return Ok(None);
     }

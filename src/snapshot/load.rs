@@ -14,6 +14,7 @@ use super::container::Manifest;
 
 pub use kiln_pipeline::thaw::thaw;
 pub use kiln_pipeline::thaw::thaw_cached;
+pub use kiln_pipeline::thaw::thaw_leaked;
 
 /// The target triple this crate was built for (set by `build.rs`); part of
 /// every snapshot's manifest.
@@ -67,10 +68,6 @@ pub fn prefetch_embedded(expected: fn() -> Manifest) {
 pub fn embedded(expected: impl FnOnce() -> Manifest) -> Result<&'static [u8], ContainerError> {
   static THAWED: OnceLock<Result<&'static [u8], ContainerError>> = OnceLock::new();
   THAWED
-    .get_or_init(|| {
-      let container = super::container::SnapshotContainer::parse(EMBEDDED_SNAPSHOT)?;
-      container.check_manifest(&expected())?;
-      Ok(super::memory::decompress(&container)?.leak())
-    })
+    .get_or_init(|| thaw_leaked(EMBEDDED_SNAPSHOT, &expected()))
     .clone()
 }

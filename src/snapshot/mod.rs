@@ -4,8 +4,7 @@
 pub use kiln_pipeline::bake;
 pub use kiln_pipeline::container;
 pub use kiln_pipeline::info;
+pub use kiln_pipeline::memory;
 pub use kiln_pipeline::transpile;
 
 pub mod load;
-#[cfg(feature = "embedded-snapshot")]
-pub(crate) mod memory;

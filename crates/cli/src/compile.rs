@@ -210,14 +210,14 @@ pub fn embedded_app() -> Option<std::io::Result<&'static [u8]>> {
 #[cfg(target_os = "linux")]
 fn map_file(file: &std::fs::File, start: u64, len: usize) -> Option<&'static [u8]> {
   use std::os::fd::AsRawFd;
+  if len == 0 {
+    return None;
+  }
   // SAFETY: sysconf has no preconditions.
   let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
   let offset = start - start % page.max(1);
   let skip = usize::try_from(start - offset).ok()?;
   let map_len = skip.checked_add(len)?;
-  if len == 0 {
-    return None;
-  }
   // SAFETY: a private read-only mapping of an open file, never unmapped:
   // the slice lives for the process.
   unsafe {

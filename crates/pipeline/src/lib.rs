@@ -17,5 +17,6 @@ pub mod app;
 pub mod bake;
 pub mod container;
 pub mod info;
+pub mod memory;
 pub mod thaw;
 pub mod transpile;

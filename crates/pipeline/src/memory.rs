@@ -7,7 +7,7 @@
 //! one call, so the kernel maps it in a handful of steps.
 
 /// A zeroed buffer of `len` bytes for a snapshot.
-pub(crate) enum SnapshotBuffer {
+pub enum SnapshotBuffer {
   #[cfg(target_os = "linux")]
   Mapped {
     ptr: *mut u8,
@@ -17,7 +17,7 @@ pub(crate) enum SnapshotBuffer {
 }
 
 impl SnapshotBuffer {
-  pub(crate) fn new(len: usize) -> SnapshotBuffer {
+  pub fn new(len: usize) -> SnapshotBuffer {
     #[cfg(target_os = "linux")]
     if len > 0 {
       // SAFETY: a fresh private anonymous mapping, owned by the result.
@@ -45,7 +45,7 @@ impl SnapshotBuffer {
     SnapshotBuffer::Heap(vec![0; len])
   }
 
-  pub(crate) fn as_slice(&self) -> &[u8] {
+  pub fn as_slice(&self) -> &[u8] {
     match self {
       #[cfg(target_os = "linux")]
       // SAFETY: `len` bytes mapped readable, owned by self.
@@ -54,7 +54,7 @@ impl SnapshotBuffer {
     }
   }
 
-  pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+  pub fn as_mut_slice(&mut self) -> &mut [u8] {
     match self {
       #[cfg(target_os = "linux")]
       // SAFETY: `len` bytes mapped readable and writable, owned by self.
@@ -64,18 +64,12 @@ impl SnapshotBuffer {
   }
 
   /// Keeps the buffer for the rest of the process.
-  pub(crate) fn leak(self) -> &'static [u8] {
+  pub fn leak(self) -> &'static [u8] {
     let this = std::mem::ManuallyDrop::new(self);
-    match &*this {
-      #[cfg(target_os = "linux")]
-      // SAFETY: the mapping is never unmapped (no Drop runs).
-      SnapshotBuffer::Mapped { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-      SnapshotBuffer::Heap(v) => {
-        // SAFETY: the Vec is never dropped (ManuallyDrop), so its buffer
-        // lives for the process.
-        unsafe { std::slice::from_raw_parts(v.as_ptr(), v.len()) }
-      }
-    }
+    let bytes = this.as_slice();
+    // SAFETY: neither the mapping nor the Vec's buffer is ever released:
+    // `this` is never dropped.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) }
   }
 }
 
@@ -92,11 +86,11 @@ impl Drop for SnapshotBuffer {
 }
 
 /// Decompresses `container`'s payload into a [`SnapshotBuffer`].
-pub(crate) fn decompress(
-  container: &kiln_pipeline::container::SnapshotContainer<'_>,
-) -> Result<SnapshotBuffer, kiln_pipeline::container::ContainerError> {
+pub fn decompress(
+  container: &crate::container::SnapshotContainer<'_>,
+) -> Result<SnapshotBuffer, crate::container::ContainerError> {
   let len = usize::try_from(container.raw_len).map_err(|_| {
-    kiln_pipeline::container::ContainerError::CorruptHeader("raw length does not fit in memory")
+    crate::container::ContainerError::CorruptHeader("raw length does not fit in memory")
   })?;
   let mut buffer = SnapshotBuffer::new(len);
   container.decompress_into(buffer.as_mut_slice())?;
@@ -106,8 +100,8 @@ pub(crate) fn decompress(
 #[cfg(test)]
 mod tests {
   use super::*;
-  use kiln_pipeline::container::Manifest;
-  use kiln_pipeline::container::SnapshotContainer;
+  use crate::container::Manifest;
+  use crate::container::SnapshotContainer;
 
   fn container(raw: &[u8]) -> Vec<u8> {
     let manifest = Manifest {

@@ -15,8 +15,17 @@ pub fn thaw(bytes: &[u8], expected: &Manifest) -> Result<Vec<u8>, ContainerError
   container.decompress()
 }
 
-/// [`thaw`] for `'static` containers, once per process per (container,
-/// expected manifest); the bytes live for the process.
+/// [`thaw`] into memory kept for the rest of the process (a
+/// [`SnapshotBuffer`](crate::memory::SnapshotBuffer): huge pages, populated
+/// at once).
+pub fn thaw_leaked(bytes: &[u8], expected: &Manifest) -> Result<&'static [u8], ContainerError> {
+  let container = SnapshotContainer::parse(bytes)?;
+  container.check_manifest(expected)?;
+  Ok(crate::memory::decompress(&container)?.leak())
+}
+
+/// [`thaw_leaked`] for `'static` containers, once per process per
+/// (container, expected manifest).
 pub fn thaw_cached(
   container: &'static [u8],
   expected: &Manifest,
@@ -28,7 +37,7 @@ pub fn thaw_cached(
   if let Some(raw) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
     return Ok(raw);
   }
-  let raw: &'static [u8] = Box::leak(thaw(container, expected)?.into_boxed_slice());
+  let raw = thaw_leaked(container, expected)?;
   cache
     .lock()
     .unwrap_or_else(|p| p.into_inner())
