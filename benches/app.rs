@@ -6,7 +6,15 @@
 //! - `app_serve/*`: `kiln serve` in process with functions started from the
 //!   baked snapshot: the first request to an instance that has not started
 //!   (no warm instance) and the first request that finds a warm one, for
-//!   `hello.ts` and for a function importing the 1 MB app.
+//!   `hello.ts` and for a function importing the 1 MB app;
+//! - the floor under both (`app/floor_process`, `app_serve/floor_thaw`):
+//!   a snapshot of deno_core alone with the same app evaluated in it (no
+//!   kiln extension, no container, no compression), thawed by a process
+//!   that calls `checksum()` and exits, and thawed in process, each thaw
+//!   followed by the call and a drop. V8 keeps one read-only heap per
+//!   process, so that snapshot is baked and thawed by children (this
+//!   binary, told so by environment variables); the in-process floor is
+//!   timed by the child and reported on its stdout.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -46,9 +54,112 @@ fn run_ok(cmd: &mut Command) {
   );
 }
 
+/// Child modes of this binary (the floor): bake the bare app snapshot of
+/// `FLOOR_APP` to `FLOOR_BAKE_TO`; thaw `FLOOR_THAW` once and exit; thaw
+/// `FLOOR_THAW_IN_PROCESS` `FLOOR_ITERS` times and print the nanoseconds.
+const FLOOR_APP: &str = "KILN_APP_FLOOR_APP";
+const FLOOR_BAKE_TO: &str = "KILN_APP_FLOOR_BAKE_TO";
+const FLOOR_THAW: &str = "KILN_APP_FLOOR_THAW";
+const FLOOR_THAW_IN_PROCESS: &str = "KILN_APP_FLOOR_THAW_IN_PROCESS";
+const FLOOR_ITERS: &str = "KILN_APP_FLOOR_ITERS";
+
+/// What the floor runs after a thaw: the compiled app's `main.mjs` body.
+const FLOOR_CALL: &str = "Deno.core.print(`${globalThis.checksum()}\n`)";
+
+fn floor_runtime(snapshot: &'static [u8]) -> deno_core::JsRuntime {
+  deno_core::JsRuntime::new(deno_core::RuntimeOptions {
+    startup_snapshot: Some(snapshot),
+    ..Default::default()
+  })
+}
+
+/// Runs a child mode if this process is one; returns otherwise.
+fn floor_child_modes() {
+  let tokio = || {
+    tokio::runtime::Builder::new_current_thread()
+      .enable_all()
+      .build()
+      .expect("tokio")
+  };
+  if let (Some(app), Some(out)) = (std::env::var_os(FLOOR_APP), std::env::var_os(FLOOR_BAKE_TO)) {
+    let tokio = tokio();
+    let _guard = tokio.enter();
+    let mut js = deno_core::JsRuntimeForSnapshot::try_new(deno_core::RuntimeOptions {
+      module_loader: Some(std::rc::Rc::new(deno_core::FsModuleLoader)),
+      ..Default::default()
+    })
+    .expect("snapshotting runtime");
+    // A side module that imports the app and hands `checksum` to scripts.
+    let app = deno_core::url::Url::from_file_path(&app).expect("app url");
+    let entry = app.join("floor-entry.mjs").expect("entry url");
+    let code = format!("import {{ checksum }} from \"{app}\";\nglobalThis.checksum = checksum;\n");
+    tokio.block_on(async {
+      let id = js
+        .load_side_es_module_from_code(&entry, code)
+        .await
+        .expect("load app");
+      let evaluated = js.mod_evaluate(id);
+      js.run_event_loop(Default::default())
+        .await
+        .expect("event loop");
+      evaluated.await.expect("evaluate app");
+    });
+    std::fs::write(out, js.snapshot()).expect("write the app snapshot");
+    std::process::exit(0);
+  }
+  if let Some(file) = std::env::var_os(FLOOR_THAW) {
+    let tokio = tokio();
+    let _guard = tokio.enter();
+    let snapshot = std::fs::read(file).expect("read the app snapshot");
+    let mut js = floor_runtime(Box::leak(snapshot.into_boxed_slice()));
+    js.execute_script("main", FLOOR_CALL).expect("checksum");
+    // As a compiled app does: no teardown on the way out.
+    std::mem::forget(js);
+    std::process::exit(0);
+  }
+  if let Some(file) = std::env::var_os(FLOOR_THAW_IN_PROCESS) {
+    let iters: u64 = std::env::var(FLOOR_ITERS)
+      .ok()
+      .and_then(|n| n.parse().ok())
+      .expect("iterations");
+    let tokio = tokio();
+    let _guard = tokio.enter();
+    let snapshot: &'static [u8] = Box::leak(
+      std::fs::read(file)
+        .expect("read the app snapshot")
+        .into_boxed_slice(),
+    );
+    let call = "globalThis.checksum()";
+    // One thaw outside the timing, as the host has thawed before.
+    drop(floor_runtime(snapshot));
+    let started = Instant::now();
+    for _ in 0..iters {
+      let mut js = floor_runtime(snapshot);
+      std::hint::black_box(js.execute_script("main", call).expect("checksum"));
+    }
+    println!("{}", started.elapsed().as_nanos());
+    std::process::exit(0);
+  }
+}
+
+/// Bakes the floor's snapshot of the app whose entry is `lib`, in a child.
+fn bake_floor(lib: &Path, out: &Path) {
+  let status = Command::new(std::env::current_exe().expect("current exe"))
+    .env(FLOOR_APP, lib)
+    .env(FLOOR_BAKE_TO, out)
+    .status()
+    .expect("spawn the floor bake");
+  assert!(status.success(), "the floor bake failed");
+  eprintln!(
+    "floor: deno_core + app snapshot is {} bytes",
+    std::fs::metadata(out).map(|m| m.len()).unwrap_or(0)
+  );
+}
+
 const MAIN: &str = "import { checksum } from \"./lib.mjs\";\nconsole.log(checksum());\n";
 
 fn app(c: &mut Criterion) {
+  floor_child_modes();
   let dir = tempfile::tempdir().expect("tempdir");
   let src = dir.path().join("app");
   let size = fixture::write(&src);
@@ -94,10 +205,20 @@ fn app(c: &mut Criterion) {
     run_ok(&mut deno_cmd(deno));
   }
 
+  let floor_snapshot = dir.path().join("floor.snap");
+  bake_floor(&src.join("lib.mjs"), &floor_snapshot);
+  let floor_cmd = || {
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.env(FLOOR_THAW, &floor_snapshot);
+    cmd
+  };
+  run_ok(&mut floor_cmd());
+
   let mut g = c.benchmark_group("app");
   g.sample_size(30);
   g.measurement_time(Duration::from_secs(8));
   g.bench_function("compiled", |b| b.iter(|| run_ok(&mut Command::new(&exe))));
+  g.bench_function("floor_process", |b| b.iter(|| run_ok(&mut floor_cmd())));
   g.bench_function("kiln_run_no_code_cache", |b| {
     b.iter(|| {
       run_ok(
@@ -202,9 +323,30 @@ fn app_serve(c: &mut Criterion) {
     .enable_all()
     .build()
     .expect("tokio");
+  let floor_snapshot = dir.path().join("floor.snap");
+  bake_floor(&fns.join("app").join("lib.mjs"), &floor_snapshot);
   let mut g = c.benchmark_group("app_serve");
   g.sample_size(30);
   g.measurement_time(Duration::from_secs(6));
+
+  // The floor under a first request: thaw the app's bare snapshot, call
+  // `checksum()`, drop, in a child process that times it.
+  g.bench_function("floor_thaw", |b| {
+    b.iter_custom(|iters| {
+      let out = Command::new(std::env::current_exe().expect("current exe"))
+        .env(FLOOR_THAW_IN_PROCESS, &floor_snapshot)
+        .env(FLOOR_ITERS, iters.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("spawn the floor thaw");
+      assert!(out.status.success(), "the floor thaw failed");
+      let nanos: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("nanoseconds from the floor thaw");
+      Duration::from_nanos(nanos)
+    })
+  });
 
   // No warm instance: every timed request starts one (thawed from the
   // snapshot), evicted afterwards outside the timing.
