@@ -34,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use kiln_host::Host;
 use kiln_host::HostOptions;
 
+mod common;
 mod fixture;
 mod loopback;
 
@@ -66,23 +67,10 @@ const FLOOR_ITERS: &str = "KILN_APP_FLOOR_ITERS";
 /// What the floor runs after a thaw: the compiled app's `main.mjs` body.
 const FLOOR_CALL: &str = "Deno.core.print(`${globalThis.checksum()}\n`)";
 
-fn floor_runtime(snapshot: &'static [u8]) -> deno_core::JsRuntime {
-  deno_core::JsRuntime::new(deno_core::RuntimeOptions {
-    startup_snapshot: Some(snapshot),
-    ..Default::default()
-  })
-}
-
 /// Runs a child mode if this process is one; returns otherwise.
 fn floor_child_modes() {
-  let tokio = || {
-    tokio::runtime::Builder::new_current_thread()
-      .enable_all()
-      .build()
-      .expect("tokio")
-  };
   if let (Some(app), Some(out)) = (std::env::var_os(FLOOR_APP), std::env::var_os(FLOOR_BAKE_TO)) {
-    let tokio = tokio();
+    let tokio = common::tokio();
     let _guard = tokio.enter();
     let mut js = deno_core::JsRuntimeForSnapshot::try_new(deno_core::RuntimeOptions {
       module_loader: Some(std::rc::Rc::new(deno_core::FsModuleLoader)),
@@ -108,10 +96,10 @@ fn floor_child_modes() {
     std::process::exit(0);
   }
   if let Some(file) = std::env::var_os(FLOOR_THAW) {
-    let tokio = tokio();
+    let tokio = common::tokio();
     let _guard = tokio.enter();
     let snapshot = std::fs::read(file).expect("read the app snapshot");
-    let mut js = floor_runtime(Box::leak(snapshot.into_boxed_slice()));
+    let mut js = common::thaw_bare(Box::leak(snapshot.into_boxed_slice()));
     js.execute_script("main", FLOOR_CALL).expect("checksum");
     // As a compiled app does: no teardown on the way out.
     std::mem::forget(js);
@@ -122,7 +110,7 @@ fn floor_child_modes() {
       .ok()
       .and_then(|n| n.parse().ok())
       .expect("iterations");
-    let tokio = tokio();
+    let tokio = common::tokio();
     let _guard = tokio.enter();
     let snapshot: &'static [u8] = Box::leak(
       std::fs::read(file)
@@ -131,10 +119,10 @@ fn floor_child_modes() {
     );
     let call = "globalThis.checksum()";
     // One thaw outside the timing, as the host has thawed before.
-    drop(floor_runtime(snapshot));
+    drop(common::thaw_bare(snapshot));
     let started = Instant::now();
     for _ in 0..iters {
-      let mut js = floor_runtime(snapshot);
+      let mut js = common::thaw_bare(snapshot);
       std::hint::black_box(js.execute_script("main", call).expect("checksum"));
     }
     println!("{}", started.elapsed().as_nanos());
@@ -144,7 +132,7 @@ fn floor_child_modes() {
 
 /// Bakes the floor's snapshot of the app whose entry is `lib`, in a child.
 fn bake_floor(lib: &Path, out: &Path) {
-  let status = Command::new(std::env::current_exe().expect("current exe"))
+  let status = Command::new(common::this_binary())
     .env(FLOOR_APP, lib)
     .env(FLOOR_BAKE_TO, out)
     .status()
@@ -208,7 +196,7 @@ fn app(c: &mut Criterion) {
   let floor_snapshot = dir.path().join("floor.snap");
   bake_floor(&src.join("lib.mjs"), &floor_snapshot);
   let floor_cmd = || {
-    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    let mut cmd = Command::new(common::this_binary());
     cmd.env(FLOOR_THAW, &floor_snapshot);
     cmd
   };
@@ -333,7 +321,7 @@ fn app_serve(c: &mut Criterion) {
   // `checksum()`, drop, in a child process that times it.
   g.bench_function("floor_thaw", |b| {
     b.iter_custom(|iters| {
-      let out = Command::new(std::env::current_exe().expect("current exe"))
+      let out = Command::new(common::this_binary())
         .env(FLOOR_THAW_IN_PROCESS, &floor_snapshot)
         .env(FLOOR_ITERS, iters.to_string())
         .stderr(Stdio::inherit())

@@ -31,6 +31,19 @@ pub fn spawn_ok(cmd: &mut Command) {
   assert!(status.success(), "{cmd:?} failed: {status}");
 }
 
+/// This bench binary, to spawn in one of its child modes.
+pub fn this_binary() -> std::path::PathBuf {
+  std::env::current_exe().expect("current exe")
+}
+
+/// A runtime of deno_core alone, thawed from `snapshot` (a floor).
+pub fn thaw_bare(snapshot: &'static [u8]) -> JsRuntime {
+  JsRuntime::new(deno_core::RuntimeOptions {
+    startup_snapshot: Some(snapshot),
+    ..Default::default()
+  })
+}
+
 /// Runs `1+1`: the definition of "a runtime that works".
 pub fn one_plus_one(js: &mut JsRuntime) {
   let v = js.execute_script("bench", "1+1").expect("1+1");

@@ -18,14 +18,12 @@
 mod common;
 
 use std::path::Path;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use criterion::Criterion;
 use criterion::criterion_group;
 use criterion::criterion_main;
-use deno_core::JsRuntime;
 
 /// Child modes of this binary.
 const BAKE_TO: &str = "KILN_FLOOR_BAKE_TO";
@@ -49,10 +47,7 @@ fn child_modes() {
     let tokio = common::tokio();
     let _guard = tokio.enter();
     let snapshot = std::fs::read(file).expect("read the bare snapshot");
-    let mut js = JsRuntime::new(deno_core::RuntimeOptions {
-      startup_snapshot: Some(Box::leak(snapshot.into_boxed_slice())),
-      ..Default::default()
-    });
+    let mut js = common::thaw_bare(Box::leak(snapshot.into_boxed_slice()));
     common::one_plus_one(&mut js);
     // As `kiln run` does: no teardown on the way out.
     std::mem::forget(js);
@@ -60,15 +55,11 @@ fn child_modes() {
   }
 }
 
-fn this_binary() -> PathBuf {
-  std::env::current_exe().expect("current exe")
-}
-
 fn floor(c: &mut Criterion) {
   child_modes();
   let dir = tempfile::tempdir().expect("tempdir");
   let bare = dir.path().join("bare.snap");
-  common::spawn_ok(Command::new(this_binary()).env(BAKE_TO, &bare));
+  common::spawn_ok(Command::new(common::this_binary()).env(BAKE_TO, &bare));
   let snapshot: &'static [u8] = Box::leak(
     std::fs::read(&bare)
       .expect("bare snapshot")
@@ -82,18 +73,15 @@ fn floor(c: &mut Criterion) {
   g.measurement_time(Duration::from_secs(8));
   g.bench_function("bare_snapshot_thawed", |b| {
     b.iter(|| {
-      let mut js = JsRuntime::new(deno_core::RuntimeOptions {
-        startup_snapshot: Some(snapshot),
-        ..Default::default()
-      });
+      let mut js = common::thaw_bare(snapshot);
       common::one_plus_one(&mut js);
     })
   });
   g.bench_function("process_exit", |b| {
-    b.iter(|| common::spawn_ok(Command::new(this_binary()).env(EXIT_AT_ONCE, "1")))
+    b.iter(|| common::spawn_ok(Command::new(common::this_binary()).env(EXIT_AT_ONCE, "1")))
   });
   g.bench_function("process_bare_snapshot", |b| {
-    b.iter(|| common::spawn_ok(Command::new(this_binary()).env(THAW_FROM, &bare)))
+    b.iter(|| common::spawn_ok(Command::new(common::this_binary()).env(THAW_FROM, &bare)))
   });
   let empty = dir.path().join("empty.js");
   std::fs::write(&empty, "").expect("write empty.js");
