@@ -345,6 +345,12 @@ impl<'a> SnapshotContainer<'a> {
     })
   }
 
+  /// The raw length as a buffer size.
+  pub fn raw_size(&self) -> Result<usize, ContainerError> {
+    usize::try_from(self.raw_len)
+      .map_err(|_| ContainerError::CorruptHeader("raw length does not fit in memory"))
+  }
+
   /// Decompresses the payload into `out`, which must be exactly
   /// [`raw_len`](Self::raw_len) bytes long, verifying zstd's checksum and
   /// the raw length.
@@ -370,14 +376,9 @@ impl<'a> SnapshotContainer<'a> {
   /// Decompresses the payload, verifying zstd's checksum and the raw length.
   pub fn decompress(&self) -> Result<Vec<u8>, ContainerError> {
     // One-shot into a buffer of the known size: the fast path.
-    match zstd::bulk::decompress(self.payload, self.raw_len as usize) {
-      Ok(out) if out.len() as u64 == self.raw_len => Ok(out),
-      Ok(out) => Err(ContainerError::PayloadTruncated {
-        actual: out.len() as u64,
-        expected: self.raw_len,
-      }),
-      Err(_) => Err(self.diagnose_failure()),
-    }
+    let mut out = vec![0; self.raw_size()?];
+    self.decompress_into(&mut out)?;
+    Ok(out)
   }
 
   /// Streams the payload to tell a truncated frame from a corrupt one (error

@@ -89,10 +89,7 @@ impl Drop for SnapshotBuffer {
 pub fn decompress(
   container: &crate::container::SnapshotContainer<'_>,
 ) -> Result<SnapshotBuffer, crate::container::ContainerError> {
-  let len = usize::try_from(container.raw_len).map_err(|_| {
-    crate::container::ContainerError::CorruptHeader("raw length does not fit in memory")
-  })?;
-  let mut buffer = SnapshotBuffer::new(len);
+  let mut buffer = SnapshotBuffer::new(container.raw_size()?);
   container.decompress_into(buffer.as_mut_slice())?;
   Ok(buffer)
 }
