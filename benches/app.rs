@@ -96,14 +96,7 @@ fn floor_child_modes() {
     std::process::exit(0);
   }
   if let Some(file) = std::env::var_os(FLOOR_THAW) {
-    let tokio = common::tokio();
-    let _guard = tokio.enter();
-    let snapshot = std::fs::read(file).expect("read the app snapshot");
-    let mut js = common::thaw_bare(Box::leak(snapshot.into_boxed_slice()));
-    js.execute_script("main", FLOOR_CALL).expect("checksum");
-    // As a compiled app does: no teardown on the way out.
-    std::mem::forget(js);
-    std::process::exit(0);
+    common::thaw_file_run_and_exit(&file, FLOOR_CALL);
   }
   if let Some(file) = std::env::var_os(FLOOR_THAW_IN_PROCESS) {
     let iters: u64 = std::env::var(FLOOR_ITERS)

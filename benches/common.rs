@@ -44,6 +44,19 @@ pub fn thaw_bare(snapshot: &'static [u8]) -> JsRuntime {
   })
 }
 
+/// A child process's whole life as a floor: thaw deno_core alone from the
+/// snapshot in `file`, run `script`, exit without teardown (as `kiln run`
+/// and compiled apps do).
+pub fn thaw_file_run_and_exit(file: &std::ffi::OsStr, script: &'static str) -> ! {
+  let tokio = tokio();
+  let _guard = tokio.enter();
+  let snapshot = std::fs::read(file).expect("read the snapshot");
+  let mut js = thaw_bare(Box::leak(snapshot.into_boxed_slice()));
+  std::hint::black_box(js.execute_script("floor", script).expect("script"));
+  std::mem::forget(js);
+  std::process::exit(0);
+}
+
 /// Runs `1+1`: the definition of "a runtime that works".
 pub fn one_plus_one(js: &mut JsRuntime) {
   let v = js.execute_script("bench", "1+1").expect("1+1");

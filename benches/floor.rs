@@ -44,14 +44,7 @@ fn child_modes() {
     std::process::exit(0);
   }
   if let Some(file) = std::env::var_os(THAW_FROM) {
-    let tokio = common::tokio();
-    let _guard = tokio.enter();
-    let snapshot = std::fs::read(file).expect("read the bare snapshot");
-    let mut js = common::thaw_bare(Box::leak(snapshot.into_boxed_slice()));
-    common::one_plus_one(&mut js);
-    // As `kiln run` does: no teardown on the way out.
-    std::mem::forget(js);
-    std::process::exit(0);
+    common::thaw_file_run_and_exit(&file, "1+1");
   }
 }
 
